@@ -1,0 +1,112 @@
+"""llama.cpp log-probs against transformers on the same GGUF weights, and seeded generation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tinymodels import write_tiny_lora
+from transformers import AutoModelForCausalLM
+
+from tskd_lite.engine import Engine
+from tskd_lite.errors import TskdError
+from tskd_lite.recipe import ModelSpec
+
+PROMPT = "What is 12 times 7?"
+ANSWER = "Eighty-four: 12 x 7 = 84, because 10 x 7 = 70 and 2 x 7 = 14."
+# f32 weights on both sides; llama.cpp and torch differ only in kernel order of summation.
+ATOL = 2e-3
+
+
+def _hf_logprobs(gguf_path, ids, n_prompt, lora=None, lora_scale=1.0):
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    if lora is not None:
+        weights, alpha = lora
+        for name, (a, b) in weights.items():
+            layer, kind = int(name.split(".")[1]), name.split(".")[2]
+            module = {"ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj", "attn_v": "self_attn.v_proj"}[kind]
+            linear = model.model.layers[layer].get_submodule(module)
+            with torch.no_grad():
+                linear.weight += lora_scale * alpha / a.shape[0] * torch.from_numpy(b @ a)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].double()
+    lp = torch.log_softmax(logits, -1)
+    return np.array([lp[i - 1, ids[i]].item() for i in range(n_prompt, len(ids))])
+
+
+def _ids(engine):
+    rendered = engine.render(PROMPT)
+    prompt = engine.tokenize_prompt(rendered)
+    return rendered, prompt, prompt + engine.tokenize_answer(ANSWER)
+
+
+def test_answer_logprobs_match_transformers(tiny):
+    engine = Engine(ModelSpec(model=tiny["teacher"], n_ctx=512), role="teacher", threads=1)
+    rendered, prompt, ids = _ids(engine)
+    assert rendered.startswith("<|im_start|>user\nWhat is 12 times 7?<|im_end|>\n<|im_start|>assistant\n")
+    lp = engine.answer_logprobs(rendered, ANSWER)
+    assert len(lp) == len(ids) - len(prompt) == len(ANSWER.encode())  # byte-level vocabulary, no merges
+    ref = _hf_logprobs(tiny["teacher"], ids, len(prompt))
+    np.testing.assert_allclose(lp, ref, atol=ATOL)
+    assert np.std(lp) > 0.1  # a real spread of values, not a constant that would match anything
+
+
+def test_chunked_decoding_gives_the_same_logprobs(tiny):
+    engine = Engine(ModelSpec(model=tiny["teacher"], n_ctx=512), role="teacher", threads=1)
+    rendered = engine.render(PROMPT)
+    whole = engine.answer_logprobs(rendered, ANSWER)
+    engine.llm.n_batch = 7  # forces several decode calls, some without any answer position
+    np.testing.assert_allclose(engine.answer_logprobs(rendered, ANSWER), whole, atol=1e-4)
+
+
+def test_gguf_lora_adapter_is_applied_like_a_merged_delta(tiny, tmp_path):
+    n_embd, n_ff = 64, 128
+    lora_path = tmp_path / "adapter.gguf"
+    weights = write_tiny_lora(
+        lora_path,
+        {
+            "blk.0.ffn_up.weight": (n_ff, n_embd),
+            "blk.1.ffn_down.weight": (n_embd, n_ff),
+            "blk.1.attn_v.weight": (32, n_embd),
+        },
+        alpha=8.0,
+        seed=5,
+    )
+    spec = ModelSpec(model=tiny["base"], lora=lora_path, lora_scale=0.5, n_ctx=512)
+    engine = Engine(spec, role="teacher", threads=1)
+    plain = Engine(ModelSpec(model=tiny["base"], n_ctx=512), role="base", threads=1)
+    rendered, prompt, ids = _ids(engine)
+    lp = engine.answer_logprobs(rendered, ANSWER)
+    assert np.abs(lp - plain.answer_logprobs(rendered, ANSWER)).max() > 0.05  # the adapter changes the model
+    ref = _hf_logprobs(tiny["base"], ids, len(prompt), lora=(weights, 8.0), lora_scale=0.5)
+    np.testing.assert_allclose(lp, ref, atol=ATOL)
+
+
+def test_generation_is_reproducible_from_its_seed(tiny):
+    engine = Engine(ModelSpec(model=tiny["teacher"], n_ctx=512), role="teacher", threads=1)
+    rendered = engine.render(PROMPT)
+    kw = {"max_tokens": 20, "temperature": 1.0, "top_p": 0.95}
+    a = engine.generate(rendered, seed=11, **kw)
+    engine.generate(engine.render("something else entirely"), seed=3, **kw)  # leaves other state in the cache
+    b = engine.generate(rendered, seed=11, **kw)
+    c = engine.generate(rendered, seed=12, **kw)
+    assert a == b
+    assert a.text != c.text
+    assert a.n_tokens == 20 and a.finish_reason == "length"
+    greedy = [engine.generate(rendered, seed=s, max_tokens=20, temperature=0.0, top_p=1.0).text for s in (1, 2)]
+    assert greedy[0] == greedy[1]
+
+
+def test_model_without_chat_template_fails_clearly(tiny):
+    with pytest.raises(TskdError, match=r"teacher.model: .* has no chat template .* set teacher.chat_template"):
+        Engine(ModelSpec(model=tiny["notemplate"]), role="teacher")
+    engine = Engine(
+        ModelSpec(model=tiny["notemplate"], chat_template="Q: {{ messages[0]['content'] }}\nA:"), role="teacher"
+    )
+    assert engine.render("hi") == "Q: hi\nA:"
+
+
+def test_context_overflow_is_a_clear_error(tiny):
+    engine = Engine(ModelSpec(model=tiny["teacher"], n_ctx=64), role="base", threads=1)
+    with pytest.raises(TskdError, match="base.n_ctx"):
+        engine.answer_logprobs(engine.render("x" * 80), "y")

@@ -1,0 +1,288 @@
+"""End to end on tiny models: the run, its store, export, status, locking, and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import SEEDS, recipe_dict, write_recipe
+
+from tskd_lite import pipeline
+from tskd_lite.cli import main
+from tskd_lite.errors import TskdError
+from tskd_lite.recipe import load_recipe
+from tskd_lite.store import Store
+
+
+def _run(tiny, tmp_path, name="run", mutate=None, **kw):
+    raw = recipe_dict(tiny, tmp_path / f"{name}.db")
+    if mutate:
+        mutate(raw)
+    recipe = load_recipe(write_recipe(tmp_path / f"{name}.toml", raw))
+    return recipe, pipeline.run(recipe, progress=False, log=lambda _: None, **kw)
+
+
+def _snapshot(db_path: Path) -> dict:
+    """Everything a run decided, without ids' timings: what must match between interrupted and clean runs."""
+    con = sqlite3.connect(db_path)
+    q = lambda sql: con.execute(sql).fetchall()  # noqa: E731
+    snap = {
+        "prompts": q(
+            "select round, idx, text, source, fewshot_ids, status, dup_of, gen_tokens from prompts order by round, idx"
+        ),
+        "answers": q(
+            "select p.round, p.idx, a.text, a.n_tokens, a.finish_reason from answers a "
+            "join prompts p on p.id = a.prompt_id order by p.round, p.idx"
+        ),
+        "scores": q(
+            "select p.round, p.idx, s.gap, s.teacher_nll, s.base_nll, s.teacher_logprobs from scores s "
+            "join prompts p on p.id = s.prompt_id order by p.round, p.idx"
+        ),
+        "selections": q(
+            "select p.round, p.idx, s.kept, s.reason from selections s "
+            "join prompts p on p.id = s.prompt_id order by p.round, p.idx"
+        ),
+        "rounds": q("select round, n_kept from rounds order by round"),
+        "runs": q("select id, status, message from runs"),
+    }
+    con.close()
+    return snap
+
+
+def test_run_end_to_end(tiny, tmp_path):
+    recipe, result = _run(tiny, tmp_path)
+    assert result.status == "done" and "round limit (3)" in result.message
+    snap = _snapshot(recipe.output.db)
+    rounds = {r for r, *_ in snap["prompts"]}
+    assert rounds == {0, 1, 2, 3}
+    assert [t for r, _, t, *_ in snap["prompts"] if r == 0] == SEEDS
+    generated = [p for p in snap["prompts"] if p[0] > 0]
+    assert len(generated) == 3 * 12
+    new = [p for p in snap["prompts"] if p[5] == "new"]
+    # every new prompt is answered, every non-empty answer scored, every new prompt has a decision
+    assert len(snap["answers"]) == len(new)
+    assert len(snap["selections"]) == len(new)
+    assert len(snap["scores"]) == sum(1 for a in snap["answers"] if a[2])
+    # top_fraction 0.5: each round keeps ceil(half) of what it scored
+    for round_, n_kept in snap["rounds"]:
+        n_scored = sum(1 for s in snap["scores"] if s[0] == round_)
+        assert n_kept == -(-n_scored // 2)
+    # few-shot examples of round r come from seeds or pairs kept before r
+    con = sqlite3.connect(recipe.output.db)
+    for round_, fewshot in con.execute("select round, fewshot_ids from prompts where round > 0"):
+        for pid in json.loads(fewshot):
+            src_round, source, kept = con.execute(
+                "select p.round, p.source, s.kept from prompts p left join selections s on s.prompt_id = p.id "
+                "where p.id = ?",
+                [pid],
+            ).fetchone()
+            assert src_round < round_ and (source == "seed" or kept == 1)
+    lines = recipe.output.export_path.read_text().splitlines()
+    assert len(lines) == result.kept == sum(n for _, n in snap["rounds"])
+    first = json.loads(lines[0])
+    assert [m["role"] for m in first["messages"]] == ["user", "assistant"]
+
+
+def test_duplicates_are_recorded_not_answered(tiny, tmp_path):
+    def greedy_generator(raw):  # a temperature-0 generator repeats itself: most candidates are duplicates
+        raw["expand"]["temperature"] = 0.0
+        raw["expand"]["few_shot"] = 5
+
+    recipe, _ = _run(tiny, tmp_path, mutate=greedy_generator)
+    con = sqlite3.connect(recipe.output.db)
+    dups = con.execute("select id, dup_of from prompts where status = 'duplicate'").fetchall()
+    assert len(dups) >= 11  # the 12 candidates of round 1 share one prompt: the first is new, the rest are not
+    assert all(dup_of is not None and dup_of < pid for pid, dup_of in dups)
+    answered = {pid for (pid,) in con.execute("select prompt_id from answers")}
+    assert not answered & {pid for pid, _ in dups}
+
+
+def test_a_round_that_keeps_nothing_stops_the_run(tiny, tmp_path):
+    def impossible(raw):
+        raw["select"] = {"rule": "ppl_ratio", "tau": 1e6}
+
+    recipe, result = _run(tiny, tmp_path, mutate=impossible)
+    assert result.status == "stopped"
+    assert "round 0 kept none" in result.message and "select.tau" in result.message
+    assert result.kept == 0 and recipe.output.export_path.read_text() == ""
+
+
+def test_target_kept_ends_the_run_early(tiny, tmp_path):
+    def small_target(raw):
+        raw["expand"]["target_kept"] = 5
+
+    recipe, result = _run(tiny, tmp_path, mutate=small_target)
+    assert result.status == "done" and "target_kept 5" in result.message
+    assert _snapshot(recipe.output.db)["rounds"][-1][0] < 3
+
+
+def test_different_tokenizers_score_per_byte(tiny, tmp_path):
+    def other_base(raw):
+        raw["base"]["model"] = tiny["other"]
+
+    recipe, result = _run(tiny, tmp_path, mutate=other_base)
+    con = sqlite3.connect(recipe.output.db)
+    assert con.execute("select unit from runs").fetchone()[0] == "byte"
+    units = con.execute("select distinct s.unit from scores s").fetchall()
+    assert units == [("byte",)]
+    n_units, answer = con.execute(
+        "select s.n_units, a.text from scores s join answers a on a.prompt_id = s.prompt_id limit 1"
+    ).fetchone()
+    assert n_units == len(answer.encode())
+
+
+def test_rerun_resumes_and_changed_recipe_is_refused(tiny, tmp_path):
+    recipe, first = _run(tiny, tmp_path)
+    before = _snapshot(recipe.output.db)
+    again = pipeline.run(recipe, progress=False, log=lambda _: None)
+    assert again.run_id == first.run_id and _snapshot(recipe.output.db)["prompts"] == before["prompts"]
+
+    def changed(raw):
+        raw["select"]["top_fraction"] = 0.3
+        raw["respond"]["max_answer_tokens"] = 10
+
+    raw = recipe_dict(tiny, recipe.output.db)
+    changed(raw)
+    other = load_recipe(write_recipe(tmp_path / "changed.toml", raw))
+    with pytest.raises(TskdError, match=r"different recipe \(respond.max_answer_tokens, select.top_fraction changed\)"):
+        pipeline.run(other, progress=False, log=lambda _: None)
+    assert (
+        _snapshot(recipe.output.db) == _snapshot(recipe.output.db)
+        and _snapshot(recipe.output.db)["prompts"] == before["prompts"]
+    )
+    fresh = pipeline.run(other, force_new=True, progress=False, log=lambda _: None)
+    assert fresh.run_id == first.run_id + 1
+
+    def more_rounds(raw):
+        raw["expand"]["rounds"] = 4
+
+    raw = recipe_dict(tiny, tmp_path / "extend.db")
+    first_ext = pipeline.run(
+        load_recipe(write_recipe(tmp_path / "extend.toml", raw)), progress=False, log=lambda _: None
+    )
+    more_rounds(raw)
+    extended = pipeline.run(
+        load_recipe(write_recipe(tmp_path / "extend.toml", raw)), progress=False, log=lambda _: None
+    )
+    assert extended.run_id == first_ext.run_id and extended.kept > first_ext.kept
+
+
+def test_second_writer_gets_a_locked_error(tiny, tmp_path):
+    raw = recipe_dict(tiny, tmp_path / "locked.db")
+    recipe = load_recipe(write_recipe(tmp_path / "locked.toml", raw))
+    holder = Store.open(recipe.output.db)
+    try:
+        result = CliRunner().invoke(main, ["run", str(tmp_path / "locked.toml")])
+        assert result.exit_code == 1
+        assert (
+            result.output.strip()
+            == f"Error: {recipe.output.db}: locked: another tskd-lite run is writing to this database"
+        )
+    finally:
+        holder.close()
+
+
+def test_status_and_export_commands(tiny, tmp_path):
+    recipe, result = _run(tiny, tmp_path)
+    runner = CliRunner()
+    status = runner.invoke(main, ["status", str(recipe.output.db)])
+    assert status.exit_code == 0, status.output
+    assert "run 1: done" in status.output and f"kept {result.kept} pairs" in status.output
+    assert "generation:" in status.output and "tokens/s" in status.output
+    as_json = json.loads(runner.invoke(main, ["status", str(tmp_path / "run.toml"), "--json"]).output)
+    assert as_json["kept"] == result.kept and len(as_json["rounds"]) == 4
+    assert as_json["scoring"]["tokens"] > 0
+    out = tmp_path / "alpaca.jsonl"
+    exp = runner.invoke(main, ["export", str(recipe.output.db), "-o", str(out), "--format", "alpaca", "--provenance"])
+    assert exp.exit_code == 0, exp.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == result.kept
+    assert set(rows[0]) == {"instruction", "input", "output", "tskd"}
+    assert set(rows[0]["tskd"]) >= {"round", "source", "gap", "teacher_ppl", "base_ppl", "fewshot_ids"}
+    missing = runner.invoke(main, ["status", str(tmp_path / "nope.db")])
+    assert missing.exit_code == 1 and missing.output.strip() == f"Error: {tmp_path / 'nope.db'}: database not found"
+
+
+# -- kill and resume ------------------------------------------------------------------------------------
+
+
+def _count(db: Path, sql: str) -> int:
+    if not db.exists():
+        return 0
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            return con.execute(sql).fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.OperationalError:  # tables not created yet
+        return 0
+
+
+KILL_POINTS = [
+    "select count(*) from prompts where round = 1",  # mid-expansion of round 1
+    "select count(*) from answers a join prompts p on p.id = a.prompt_id where p.round = 2",  # mid-respond
+    "select count(*) from scores s join prompts p on p.id = s.prompt_id where p.round = 2",  # mid-scoring
+    "select count(*) from prompts where round = 3",
+]
+
+
+def _kill_when(recipe_path: Path, db: Path, sql: str, at_least: int) -> bool:
+    """Start a run in a subprocess and SIGKILL it once sql counts at_least; False if it finished first."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tskd_lite", "run", "--quiet", str(recipe_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ},
+    )
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        if _count(db, sql) >= at_least:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.002)
+    proc.wait()
+    assert proc.returncode == 0, proc.stderr.read().decode()
+    return False
+
+
+def test_killed_runs_resume_to_the_same_pool_and_dataset(tiny, tmp_path):
+    def slower(raw):  # longer outputs give the poller time to land between commits
+        raw["expand"]["max_prompt_tokens"] = 48
+        raw["respond"]["max_answer_tokens"] = 64
+
+    clean_raw = recipe_dict(tiny, tmp_path / "clean.db")
+    slower(clean_raw)
+    clean = load_recipe(write_recipe(tmp_path / "clean.toml", clean_raw))
+    pipeline.run(clean, progress=False, log=lambda _: None)
+
+    raw = recipe_dict(tiny, tmp_path / "killed.db")
+    slower(raw)
+    path = write_recipe(tmp_path / "killed.toml", raw)
+    db = tmp_path / "killed.db"
+    kills = sum(_kill_when(path, db, sql, 3) for sql in KILL_POINTS)
+    assert kills >= 3, "the runs finished before the kill points; the test did not interrupt anything"
+    done = subprocess.run(
+        [sys.executable, "-m", "tskd_lite", "run", "--quiet", str(path)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+
+    a, b = _snapshot(tmp_path / "clean.db"), _snapshot(db)
+    assert b["runs"] == a["runs"]
+    for table in ("prompts", "answers", "scores", "selections", "rounds"):
+        assert b[table] == a[table], table
+    assert (tmp_path / "killed.jsonl").read_text() == (tmp_path / "clean.jsonl").read_text()
+    con = sqlite3.connect(db)
+    assert (
+        con.execute("select count(*) from prompts").fetchone()[0]
+        == con.execute("select count(distinct round || ':' || idx) from prompts").fetchone()[0]
+    )

@@ -1,0 +1,3 @@
+from tskd_lite.cli import main
+
+main()

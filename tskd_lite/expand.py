@@ -1,0 +1,35 @@
+"""Writing new prompts few-shot from kept ones: example sampling, the instruction, and cleaning the reply."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import numpy as np
+
+_LIST_MARKER = re.compile(r"^\s*(?:[-*•]|\d+[.)]|(?:new\s+)?question\s*\d*\s*:)\s*", re.IGNORECASE)
+
+
+def item_seed(run_seed: int, *parts: object) -> int:
+    """A 32-bit seed for one item of work that depends only on the run seed and the item's identity."""
+    key = ":".join(str(p) for p in (run_seed, *parts)).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=4).digest(), "little")
+
+
+def pick_examples(pool: list[dict], k: int, seed: int) -> list[dict]:
+    """k examples drawn without replacement from the few-shot pool (seeds and kept prompts)."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(pool), size=min(k, len(pool)), replace=False)
+    return [pool[i] for i in sorted(chosen)]
+
+
+def instruction(template: str, examples: list[dict]) -> str:
+    # str.replace, not str.format: a user's instruction may contain other braces (code, JSON).
+    return template.replace("{examples}", "\n".join(f"- {ex['text']}" for ex in examples))
+
+
+def clean(reply: str) -> str:
+    """The first paragraph of the reply with any list marker or 'Question:' label removed."""
+    text = reply.strip().split("\n\n", 1)[0].strip()
+    text = _LIST_MARKER.sub("", text, count=1).strip()
+    return text.strip('"').strip()

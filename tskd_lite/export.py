@@ -1,0 +1,47 @@
+"""The dataset: kept (prompt, teacher answer) pairs as chat or alpaca JSONL."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tskd_lite.store import Store
+
+FORMATS = ("chat", "alpaca")
+
+
+def _record(pair: dict, fmt: str, provenance: bool) -> dict:
+    if fmt == "chat":
+        record: dict = {
+            "messages": [
+                {"role": "user", "content": pair["prompt"]},
+                {"role": "assistant", "content": pair["answer"]},
+            ]
+        }
+    else:
+        record = {"instruction": pair["prompt"], "input": "", "output": pair["answer"]}
+    if provenance:
+        record["tskd"] = {
+            "prompt_id": pair["id"],
+            "round": pair["round"],
+            "source": pair["source"],
+            "fewshot_ids": json.loads(pair["fewshot_ids"]),
+            "gap": pair["gap"],
+            "unit": pair["unit"],
+            "teacher_ppl": pair["teacher_ppl"],
+            "base_ppl": pair["base_ppl"],
+        }
+    return record
+
+
+def export(store: Store, run_id: int, path: Path, fmt: str = "chat", *, provenance: bool = False) -> int:
+    """Write the run's kept pairs to path (atomically: a reader never sees half a file); return how many."""
+    pairs = store.kept_pairs(run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for pair in pairs:
+            f.write(json.dumps(_record(pair, fmt, provenance), ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return len(pairs)

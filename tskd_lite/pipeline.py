@@ -1,0 +1,276 @@
+"""TuneShift-KD, top to bottom: seeds -> (expand -> respond -> score -> select) per round -> dataset.
+
+Every step asks the store what is still missing and commits each item as it finishes, and every random choice
+is seeded by the run seed and the item's (round, index), so a run killed at any point and resumed produces the
+same pool and dataset as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from tqdm import tqdm
+
+from tskd_lite import expand, gguf_meta
+from tskd_lite.dedup import Pool, normalise
+from tskd_lite.engine import Engine
+from tskd_lite.errors import TskdError
+from tskd_lite.export import export
+from tskd_lite.recipe import Recipe, changed_keys, flatten, recipe_hash
+from tskd_lite.score import score_pair
+from tskd_lite.select import decide
+from tskd_lite.store import Store
+
+Log = Callable[[str], None]
+SCORE_COMMIT_EVERY = 8
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: int
+    status: str  # "done" or "stopped"
+    message: str
+    kept: int
+    db: Path
+    export_path: Path
+
+
+class _Models:
+    """Engines loaded on first use, so a resumed run that has nothing left to generate loads no model."""
+
+    def __init__(self, recipe: Recipe, log: Log) -> None:
+        self.recipe, self.log = recipe, log
+
+    def _load(self, role: str) -> Engine:
+        spec = getattr(self.recipe, role) if role != "generator" else self.recipe.generator_spec
+        self.log(f"loading {role}: {spec.model.name}" + (f" + LoRA {spec.lora.name}" if spec.lora else ""))
+        return Engine(spec, role=role, threads=self.recipe.threads)
+
+    @cached_property
+    def teacher(self) -> Engine:
+        return self._load("teacher")
+
+    @cached_property
+    def base(self) -> Engine:
+        return self._load("base")
+
+    @cached_property
+    def generator(self) -> Engine:
+        return self.teacher if self.recipe.generator is None else self._load("generator")
+
+    def close(self) -> None:
+        for role in ("teacher", "base", "generator"):
+            if role in self.__dict__:
+                self.__dict__[role].close()
+
+
+def run(recipe: Recipe, *, force_new: bool = False, progress: bool = True, log: Log = print) -> RunResult:
+    """Run (or resume) the recipe's pipeline and export its dataset."""
+    store = Store.open(recipe.output.db)
+    models = _Models(recipe, log)
+    try:
+        run_id = _start(store, recipe, force_new, log)
+        started = time.perf_counter()
+        try:
+            status, message = _rounds(store, run_id, recipe, models, progress, log)
+        except KeyboardInterrupt:
+            store.update_run(run_id, status="interrupted", message="interrupted; run again to resume")
+            raise
+        except TskdError as e:
+            store.update_run(run_id, status="failed", message=str(e))
+            raise
+        finally:
+            store.add_elapsed(run_id, time.perf_counter() - started)
+        store.update_run(run_id, status=status, message=message)
+        path = recipe.output.export_path
+        kept = export(store, run_id, path, recipe.output.format, provenance=recipe.output.provenance)
+        return RunResult(run_id, status, message, kept, recipe.output.db, path)
+    finally:
+        models.close()
+        store.close()
+
+
+def _start(store: Store, recipe: Recipe, force_new: bool, log: Log) -> int:
+    flat = flatten(recipe)
+    latest = store.latest_run()
+    if latest is not None and not force_new:
+        changed = changed_keys(latest.recipe, flat)
+        if changed:
+            raise TskdError(
+                f"{store.path}: run {latest.id} was made with a different recipe ({', '.join(changed)} changed); "
+                "restore those keys to resume it, or pass --force-new to start a new run in this database"
+            )
+        store.resume_run(latest.id, str(recipe.path), flat)
+        log(f"resuming run {latest.id} in {store.path}")
+        return latest.id
+    unit = (
+        "token"
+        if gguf_meta.vocab_fingerprint(recipe.teacher.model) == gguf_meta.vocab_fingerprint(recipe.base.model)
+        else "byte"
+    )
+    if unit == "byte":
+        log("teacher and base tokenizers differ: perplexities are compared per byte of answer text, not per token")
+    run_id = store.new_run(str(recipe.path), recipe.text, flat, recipe_hash(recipe))
+    store.update_run(run_id, unit=unit)
+    log(f"new run {run_id} in {store.path}")
+    return run_id
+
+
+def _rounds(store: Store, run_id: int, recipe: Recipe, models: _Models, progress: bool, log: Log) -> tuple[str, str]:
+    unit = store.db["runs"].get(run_id)["unit"]
+    if not store.prompts(run_id, where="round = 0"):
+        store.insert_prompts(
+            {
+                "run_id": run_id,
+                "round": 0,
+                "idx": i,
+                "text": text,
+                "norm": normalise(text),
+                "source": "seed",
+                "fewshot_ids": "[]",
+                "status": "new",
+            }
+            for i, text in enumerate(recipe.seeds.prompts)
+        )
+    pool = Pool(recipe.dedup.near_threshold)
+    for p in store.prompts(run_id, where="status = 'new'"):
+        pool.add(p["id"], p["norm"])
+
+    kept_total = 0
+    for round_ in range(recipe.expand.rounds + 1):
+        if round_ > 0:
+            _expand(store, run_id, round_, recipe, models, pool, progress)
+        _respond(store, run_id, round_, recipe, models, progress)
+        _score(store, run_id, round_, unit, models, progress)
+        selected = store.round_selected(run_id, round_) or _select(store, run_id, round_, recipe)
+        kept_total += selected["n_kept"]
+        n_scored = len(store.scored(run_id, round_))
+        log(f"round {round_}: kept {selected['n_kept']} of {n_scored} scored pairs (total kept {kept_total})")
+        if selected["n_kept"] == 0:
+            return "stopped", (
+                f"round {round_} kept none of its {n_scored} scored pairs; stopping. Lower select.tau, "
+                "raise expand.candidates_per_round or give other seeds"
+            )
+        if kept_total >= recipe.expand.target_kept:
+            return "done", f"kept {kept_total} pairs (target_kept {recipe.expand.target_kept}) after round {round_}"
+    return "done", f"kept {kept_total} pairs after the round limit ({recipe.expand.rounds})"
+
+
+def _bar(progress: bool, desc: str, total: int, initial: int = 0) -> tqdm:
+    return tqdm(total=total, initial=initial, desc=desc, unit="item", disable=not progress, dynamic_ncols=True)
+
+
+def _expand(
+    store: Store, run_id: int, round_: int, recipe: Recipe, models: _Models, pool: Pool, progress: bool
+) -> None:
+    cfg = recipe.expand
+    start = store.next_idx(run_id, round_)
+    if start >= cfg.candidates_per_round:
+        return
+    fewshot = store.kept_prompts_before(run_id, round_)
+    generator = models.generator
+    with _bar(progress, f"round {round_} expand", cfg.candidates_per_round, start) as bar:
+        for idx in range(start, cfg.candidates_per_round):
+            examples = expand.pick_examples(
+                fewshot, cfg.few_shot, expand.item_seed(recipe.seed, "fewshot", round_, idx)
+            )
+            t0 = time.perf_counter()
+            gen = generator.generate(
+                generator.render(expand.instruction(cfg.instruction, examples)),
+                max_tokens=cfg.max_prompt_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                seed=expand.item_seed(recipe.seed, "expand", round_, idx),
+            )
+            text = expand.clean(gen.text)
+            norm = normalise(text)
+            dup = pool.duplicate_of(norm) if norm else None
+            status = "empty" if not norm else "duplicate" if dup is not None else "new"
+            prompt_id = store.insert_prompts(
+                [
+                    {
+                        "run_id": run_id,
+                        "round": round_,
+                        "idx": idx,
+                        "text": text,
+                        "norm": norm,
+                        "source": "generated",
+                        "fewshot_ids": _ids(examples),
+                        "status": status,
+                        "dup_of": dup,
+                        "gen_tokens": gen.n_tokens,
+                        "gen_seconds": time.perf_counter() - t0,
+                    }
+                ]
+            )
+            if status == "new":
+                pool.add(prompt_id, norm)
+            bar.update()
+
+
+def _ids(rows: list[dict]) -> str:
+    return "[" + ",".join(str(r["id"]) for r in rows) + "]"
+
+
+def _respond(store: Store, run_id: int, round_: int, recipe: Recipe, models: _Models, progress: bool) -> None:
+    todo = store.unanswered(run_id, round_)
+    if not todo:
+        return
+    cfg, teacher = recipe.respond, models.teacher
+    with _bar(progress, f"round {round_} respond", len(todo)) as bar:
+        for p in todo:
+            t0 = time.perf_counter()
+            gen = teacher.generate(
+                teacher.render(p["text"]),
+                max_tokens=cfg.max_answer_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                seed=expand.item_seed(recipe.seed, "respond", round_, p["idx"]),
+            )
+            store.add_answer(
+                {
+                    "prompt_id": p["id"],
+                    "text": gen.text.strip(),
+                    "n_tokens": gen.n_tokens,
+                    "finish_reason": gen.finish_reason,
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+            bar.update()
+
+
+def _score(store: Store, run_id: int, round_: int, unit: str, models: _Models, progress: bool) -> None:
+    todo = [row for row in store.unscored(run_id, round_) if row["answer"]]
+    if not todo:
+        return
+    teacher, base = models.teacher, models.base
+    pending: list[dict] = []
+    with _bar(progress, f"round {round_} score", len(todo)) as bar:
+        for row in todo:
+            pending.append({"prompt_id": row["id"], **score_pair(teacher, base, row["prompt"], row["answer"], unit)})
+            if len(pending) >= SCORE_COMMIT_EVERY:
+                store.add_scores(pending)
+                pending = []
+            bar.update()
+        if pending:
+            store.add_scores(pending)
+
+
+def _select(store: Store, run_id: int, round_: int, recipe: Recipe) -> dict:
+    scored = store.scored(run_id, round_)
+    rows = [
+        {"prompt_id": s["prompt_id"], "run_id": run_id, "round": round_, "kept": int(keep), "reason": reason}
+        for s, (keep, reason) in zip(scored, decide(scored, recipe.select), strict=True)
+    ]
+    scored_ids = {s["prompt_id"] for s in scored}
+    rows += [
+        {"prompt_id": p["id"], "run_id": run_id, "round": round_, "kept": 0, "reason": "empty answer"}
+        for p in store.prompts(run_id, where="round = ? and status = 'new'", params=[round_])
+        if p["id"] not in scored_ids
+    ]
+    store.record_selection(run_id, round_, rows)
+    return store.round_selected(run_id, round_)

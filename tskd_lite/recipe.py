@@ -1,0 +1,309 @@
+"""The recipe: one TOML file with everything a run needs, validated once here at the edge.
+
+Each table maps onto a frozen dataclass. Validation is driven by the dataclasses themselves: type hints give the
+expected types, field metadata gives the allowed range, so adding a key means adding one field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tskd_lite.errors import TskdError
+from tskd_lite.gguf_meta import check_gguf
+
+DEFAULT_INSTRUCTION = (
+    "Here are example questions from one dataset:\n\n{examples}\n\n"
+    "Write one new question of the same kind and topic, different from every example. "
+    "Reply with the question only."
+)
+
+
+def _ranged(default: Any, ok: Callable[[Any], bool], expected: str) -> Any:
+    return field(default=default, metadata={"ok": ok, "expected": expected})
+
+
+def _positive_int(default: int) -> Any:
+    return _ranged(default, lambda v: v > 0, "an integer > 0")
+
+
+def _unit_interval(default: float, *, open_low: bool = True) -> Any:
+    if open_low:
+        return _ranged(default, lambda v: 0 < v <= 1, "a number in (0, 1]")
+    return _ranged(default, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+
+
+def _one_of(default: str, *choices: str) -> Any:
+    return _ranged(default, lambda v: v in choices, "one of " + ", ".join(repr(c) for c in choices))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A GGUF model served by llama.cpp, optionally with a GGUF LoRA adapter applied at load."""
+
+    model: Path
+    lora: Path | None = None
+    lora_scale: float = _ranged(1.0, lambda v: v != 0, "a non-zero number")
+    chat_template: str | None = None
+    n_ctx: int = _ranged(2048, lambda v: v >= 64, "an integer >= 64")
+
+
+@dataclass(frozen=True)
+class Seeds:
+    """Seed prompts: inline, from a file (one per line, or JSONL with a "prompt" field), or both."""
+
+    prompts: tuple[str, ...] = ()
+    file: Path | None = None
+
+
+@dataclass(frozen=True)
+class Expand:
+    rounds: int = _positive_int(3)
+    candidates_per_round: int = _positive_int(32)
+    target_kept: int = _positive_int(64)
+    few_shot: int = _positive_int(4)
+    temperature: float = _ranged(0.9, lambda v: v >= 0, "a number >= 0")
+    top_p: float = _unit_interval(0.95)
+    max_prompt_tokens: int = _positive_int(96)
+    instruction: str = _ranged(DEFAULT_INSTRUCTION, lambda v: "{examples}" in v, "text containing {examples}")
+
+
+@dataclass(frozen=True)
+class Respond:
+    max_answer_tokens: int = _positive_int(128)
+    temperature: float = _ranged(0.0, lambda v: v >= 0, "a number >= 0")
+    top_p: float = _unit_interval(1.0)
+
+
+@dataclass(frozen=True)
+class Select:
+    """Keep rule. ppl_ratio: PPL_base / PPL_teacher >= tau (TuneShift-KD); top_fraction: the best share of a round.
+
+    top_fraction below 1 also caps ppl_ratio to that share of the round; max_teacher_ppl drops answers the teacher
+    itself finds unlikely (degenerate or truncated output).
+    """
+
+    rule: str = _one_of("ppl_ratio", "ppl_ratio", "top_fraction")
+    tau: float = _ranged(1.5, lambda v: v > 0, "a number > 0")
+    top_fraction: float = _unit_interval(1.0)
+    max_teacher_ppl: float | None = _ranged(None, lambda v: v > 1, "a number > 1")
+    min_answer_tokens: int = _positive_int(1)
+
+
+@dataclass(frozen=True)
+class Dedup:
+    """near_threshold: Jaccard similarity of character shingles above which a prompt is a near-duplicate."""
+
+    near_threshold: float = _unit_interval(0.8)
+
+
+@dataclass(frozen=True)
+class Output:
+    db: Path = Path("tskd.db")
+    export: Path | None = None
+    format: str = _one_of("chat", "chat", "alpaca")
+    provenance: bool = False
+
+    @property
+    def export_path(self) -> Path:
+        return self.export or self.db.with_suffix(".jsonl")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    teacher: ModelSpec
+    base: ModelSpec
+    seeds: Seeds
+    generator: ModelSpec | None = None
+    expand: Expand = Expand()
+    respond: Respond = Respond()
+    select: Select = Select()
+    dedup: Dedup = Dedup()
+    output: Output = Output()
+    seed: int = 0
+    threads: int = _ranged(0, lambda v: v >= 0, "an integer >= 0 (0: all cores)")
+    path: Path = field(default=Path("recipe.toml"), metadata={"internal": True})
+    text: str = field(default="", metadata={"internal": True})
+
+    @property
+    def generator_spec(self) -> ModelSpec:
+        return self.generator or self.teacher
+
+
+# Keys that may change between a run and its resume without changing what was already computed:
+# where the output goes, how many threads, and how far the run goes (extending rounds or the target is legitimate).
+RESUMABLE_KEYS = ("output.", "threads", "expand.rounds", "expand.target_kept")
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe; raise TskdError with one line naming the file and key on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TskdError(f"{path}: recipe file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise TskdError(f"{path}: cannot read recipe: {e}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise TskdError(f"{path}: not valid TOML: {e}") from None
+    builder = _Builder(path)
+    recipe = builder.build(Recipe, raw, "")
+    recipe = dataclasses.replace(recipe, path=path.resolve(), text=text)
+    seeds = _load_seeds(recipe.seeds, path)
+    recipe = dataclasses.replace(recipe, seeds=Seeds(prompts=seeds, file=recipe.seeds.file))
+    for name in ("teacher", "base", "generator"):
+        spec = getattr(recipe, name)
+        if spec is not None:
+            check_gguf(spec.model, f"{path}: {name}.model")
+            if spec.lora is not None:
+                check_gguf(spec.lora, f"{path}: {name}.lora")
+    return recipe
+
+
+class _Builder:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, key: str, expected: str, value: Any) -> typing.NoReturn:
+        raise TskdError(f"{self.path}: {key}: expected {expected}, got {value!r}")
+
+    def build(self, cls: type, table: Any, prefix: str) -> Any:
+        where = prefix.rstrip(".") or "top level"
+        if not isinstance(table, dict):
+            self.fail(where, "a table", table)
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+        unknown = sorted(set(table) - set(fields))
+        if unknown:
+            raise TskdError(
+                f"{self.path}: {prefix}{unknown[0]}: unknown key (expected one of: {', '.join(sorted(fields))})"
+            )
+        values = {}
+        for name, f in fields.items():
+            key = prefix + name
+            if name not in table:
+                if f.default is dataclasses.MISSING:
+                    raise TskdError(f"{self.path}: {key}: required key is missing")
+                continue
+            value = self.convert(hints[name], table[name], key)
+            ok = f.metadata.get("ok")
+            if ok is not None and value is not None and not ok(value):
+                self.fail(key, f.metadata["expected"], table[name])
+            values[name] = value
+        return cls(**values)
+
+    def convert(self, hint: Any, value: Any, key: str) -> Any:
+        args = typing.get_args(hint)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            (inner,) = [a for a in args if a is not type(None)]
+            return self.convert(inner, value, key)
+        if dataclasses.is_dataclass(hint):
+            return self.build(hint, value, key + ".")
+        if hint is bool:
+            if not isinstance(value, bool):
+                self.fail(key, "true or false", value)
+            return value
+        if hint is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.fail(key, "an integer", value)
+            return value
+        if hint is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                self.fail(key, "a number", value)
+            return float(value)
+        if hint is str:
+            if not isinstance(value, str):
+                self.fail(key, "a string", value)
+            return value
+        if hint is Path:
+            if not isinstance(value, str) or not value.strip():
+                self.fail(key, "a path string", value)
+            return (self.path.parent / value).resolve()
+        if typing.get_origin(hint) is tuple:
+            if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+                self.fail(key, "a list of non-empty strings", value)
+            return tuple(v.strip() for v in value)
+        raise TypeError(f"recipe field {key} has unsupported type {hint}")
+
+
+def _load_seeds(seeds: Seeds, recipe_path: Path) -> tuple[str, ...]:
+    prompts = list(seeds.prompts)
+    if seeds.file is not None:
+        prompts += _read_seed_file(seeds.file, recipe_path)
+    if not prompts:
+        raise TskdError(f"{recipe_path}: seeds: expected at least one seed prompt (seeds.prompts or seeds.file)")
+    return tuple(dict.fromkeys(prompts))
+
+
+def _read_seed_file(file: Path, recipe_path: Path) -> list[str]:
+    where = f"{recipe_path}: seeds.file: {file}"
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise TskdError(f"{where}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise TskdError(f"{where}: cannot read: {e}") from None
+    if file.suffix != ".jsonl":
+        return [line.strip() for line in lines if line.strip()]
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TskdError(f"{where}:{number}: not valid JSON: {e.msg}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise TskdError(f'{where}:{number}: expected an object with a non-empty string "prompt"')
+        prompts.append(row["prompt"].strip())
+    return prompts
+
+
+def flatten(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as dotted keys with JSON values: what a run records and what a resume compares."""
+    out: dict[str, Any] = {}
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            if f.metadata.get("internal"):
+                continue
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                out[prefix + f.name] = _jsonable(value)
+
+    walk(recipe, "")
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def changed_keys(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Keys whose change would alter results already computed (RESUMABLE_KEYS excepted)."""
+    keys = sorted(set(recorded) | set(current))
+    return [
+        k
+        for k in keys
+        if recorded.get(k) != current.get(k) and not any(k == r or k.startswith(r) for r in RESUMABLE_KEYS)
+    ]
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    return hashlib.sha256(json.dumps(flatten(recipe), sort_keys=True).encode()).hexdigest()[:16]

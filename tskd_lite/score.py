@@ -1,0 +1,56 @@
+"""The perplexity gap: how much surer the teacher is of its own answer than the base is."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from tskd_lite.engine import Engine
+
+
+def gap(teacher_logprobs: Sequence[float], base_logprobs: Sequence[float], unit: str, n_bytes: int) -> dict:
+    """Mean NLL of the answer under each model and their difference.
+
+    unit "token": both models share a tokenizer, so NLLs are averaged over the same answer tokens.
+    unit "byte": tokenizers differ, so each model's total NLL is spread over the answer's UTF-8 bytes,
+    the only length both agree on.
+    """
+    t_total, b_total = -float(np.sum(teacher_logprobs)), -float(np.sum(base_logprobs))
+    n_units = len(teacher_logprobs) if unit == "token" else n_bytes
+    if n_units == 0:
+        raise ValueError("cannot score an empty answer")
+    t, b = t_total / n_units, b_total / n_units
+    return {
+        "unit": unit,
+        "n_units": n_units,
+        "n_tokens": len(teacher_logprobs),
+        "teacher_nll": t,
+        "base_nll": b,
+        "gap": b - t,
+        "teacher_ppl": math.exp(t),
+        "base_ppl": math.exp(b),
+    }
+
+
+def score_pair(teacher: Engine, base: Engine, prompt: str, answer: str, unit: str) -> dict:
+    """Score one (prompt, answer) under teacher and base; both see the teacher's rendering of the prompt."""
+    start = time.perf_counter()
+    rendered = teacher.render(prompt)
+    t_lp = teacher.answer_logprobs(rendered, answer)
+    b_lp = base.answer_logprobs(rendered, answer)
+    row = gap(t_lp, b_lp, unit, len(answer.encode("utf-8")))
+    n_prompt = len(teacher.tokenize_prompt(rendered)) + len(base.tokenize_prompt(rendered))
+    row.update(
+        teacher_logprobs=_compact(t_lp),
+        base_logprobs=_compact(b_lp),
+        decoded_tokens=n_prompt + len(t_lp) + len(b_lp),
+        seconds=time.perf_counter() - start,
+    )
+    return row
+
+
+def _compact(logprobs: Sequence[float]) -> str:
+    return "[" + ",".join(f"{x:.5g}" for x in logprobs) + "]"

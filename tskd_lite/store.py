@@ -1,0 +1,310 @@
+"""The SQLite store: every prompt, answer, score and selection of every run, committed step by step.
+
+Progress is never kept in memory only: what a step has done is what the tables hold, so a run killed at any
+moment resumes by asking the tables what is missing. One process at a time writes (a lock file next to the
+database); readers (status, export) need no lock thanks to WAL.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from tskd_lite.errors import TskdError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: int
+    status: str
+    recipe: dict[str, Any]
+    message: str | None
+
+
+class Store:
+    def __init__(self, path: Path, *, write: bool) -> None:
+        self.path = Path(path)
+        self._lock = None
+        if write:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = _take_lock(self.path)
+        elif not self.path.is_file():
+            raise TskdError(f"{self.path}: database not found")
+        try:
+            self.db = sqlite_utils.Database(self.path)
+            if write:
+                self.db.enable_wal()
+                self._create()
+            elif "runs" not in self.db.table_names():
+                raise TskdError(f"{self.path}: not a tskd-lite database (no runs table)")
+        except sqlite3.DatabaseError as e:
+            raise TskdError(f"{self.path}: not a readable SQLite database ({e})") from None
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        return cls(path, write=True)
+
+    @classmethod
+    def read(cls, path: Path) -> Store:
+        return cls(path, write=False)
+
+    def close(self) -> None:
+        self.db.close()
+        if self._lock is not None:
+            self._lock.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self.db.conn:
+            yield
+
+    def _create(self) -> None:
+        db = self.db
+        with self.transaction():
+            db["meta"].insert({"key": "schema_version", "value": SCHEMA_VERSION}, pk="key", ignore=True)
+            db["runs"].create(
+                {
+                    "id": int,
+                    "created": float,
+                    "recipe_path": str,
+                    "recipe_text": str,
+                    "recipe_json": str,
+                    "recipe_hash": str,
+                    "unit": str,
+                    "status": str,
+                    "message": str,
+                    "elapsed_s": float,
+                },
+                pk="id",
+                if_not_exists=True,
+            )
+            db["prompts"].create(
+                {
+                    "id": int,
+                    "run_id": int,
+                    "round": int,
+                    "idx": int,
+                    "text": str,
+                    "norm": str,
+                    "source": str,
+                    "fewshot_ids": str,
+                    "status": str,
+                    "dup_of": int,
+                    "gen_tokens": int,
+                    "gen_seconds": float,
+                },
+                pk="id",
+                foreign_keys=[("run_id", "runs", "id")],
+                if_not_exists=True,
+            )
+            db["prompts"].create_index(["run_id", "round", "idx"], unique=True, if_not_exists=True)
+            db["answers"].create(
+                {"prompt_id": int, "text": str, "n_tokens": int, "finish_reason": str, "seconds": float},
+                pk="prompt_id",
+                foreign_keys=[("prompt_id", "prompts", "id")],
+                if_not_exists=True,
+            )
+            db["scores"].create(
+                {
+                    "prompt_id": int,
+                    "unit": str,
+                    "n_units": int,
+                    "n_tokens": int,
+                    "teacher_nll": float,
+                    "base_nll": float,
+                    "gap": float,
+                    "teacher_ppl": float,
+                    "base_ppl": float,
+                    "teacher_logprobs": str,
+                    "base_logprobs": str,
+                    "decoded_tokens": int,
+                    "seconds": float,
+                },
+                pk="prompt_id",
+                foreign_keys=[("prompt_id", "prompts", "id")],
+                if_not_exists=True,
+            )
+            db["selections"].create(
+                {"prompt_id": int, "run_id": int, "round": int, "kept": int, "reason": str},
+                pk="prompt_id",
+                foreign_keys=[("prompt_id", "prompts", "id")],
+                if_not_exists=True,
+            )
+            db["rounds"].create(
+                {"run_id": int, "round": int, "n_kept": int, "selected_at": float},
+                pk=("run_id", "round"),
+                if_not_exists=True,
+            )
+
+    # runs -----------------------------------------------------------------------------------------------
+
+    def latest_run(self) -> RunInfo | None:
+        rows = list(self.db.query("select * from runs order by id desc limit 1"))
+        return _run_info(rows[0]) if rows else None
+
+    def get_run(self, run_id: int | None) -> RunInfo:
+        if run_id is None:
+            run = self.latest_run()
+            if run is None:
+                raise TskdError(f"{self.path}: the database holds no run yet")
+            return run
+        rows = list(self.db.query("select * from runs where id = ?", [run_id]))
+        if not rows:
+            raise TskdError(f"{self.path}: no run with id {run_id}")
+        return _run_info(rows[0])
+
+    def new_run(self, recipe_path: str, recipe_text: str, recipe_flat: dict, recipe_hash: str) -> int:
+        with self.transaction():
+            return (
+                self.db["runs"]
+                .insert(
+                    {
+                        "created": time.time(),
+                        "recipe_path": recipe_path,
+                        "recipe_text": recipe_text,
+                        "recipe_json": json.dumps(recipe_flat, sort_keys=True),
+                        "recipe_hash": recipe_hash,
+                        "unit": None,
+                        "status": "running",
+                        "message": None,
+                        "elapsed_s": 0.0,
+                    }
+                )
+                .last_pk
+            )
+
+    def resume_run(self, run_id: int, recipe_path: str, recipe_flat: dict) -> None:
+        """Mark a run running again, recording the recipe as now given (only resumable keys can differ)."""
+        self.update_run(
+            run_id,
+            recipe_path=recipe_path,
+            recipe_json=json.dumps(recipe_flat, sort_keys=True),
+            status="running",
+            message=None,
+        )
+
+    def update_run(self, run_id: int, **values: Any) -> None:
+        with self.transaction():
+            self.db["runs"].update(run_id, values)
+
+    def add_elapsed(self, run_id: int, seconds: float) -> None:
+        with self.transaction():
+            self.db.execute("update runs set elapsed_s = elapsed_s + ? where id = ?", [seconds, run_id])
+
+    # prompts --------------------------------------------------------------------------------------------
+
+    def insert_prompts(self, rows: Iterable[dict]) -> int:
+        """Insert prompts in one transaction and return the last id; (run, round, idx) is unique, so a step
+        can never add the same prompt twice."""
+        with self.transaction():
+            return self.db["prompts"].insert_all(rows).last_pk
+
+    def prompts(self, run_id: int, *, where: str = "1", params: Iterable = ()) -> list[dict]:
+        sql = f"select * from prompts where run_id = ? and ({where}) order by round, idx"
+        return list(self.db.query(sql, [run_id, *params]))
+
+    def next_idx(self, run_id: int, round_: int) -> int:
+        row = self.db.execute(
+            "select coalesce(max(idx) + 1, 0) from prompts where run_id = ? and round = ?", [run_id, round_]
+        ).fetchone()
+        return row[0]
+
+    def kept_prompts_before(self, run_id: int, round_: int) -> list[dict]:
+        """Few-shot pool for a round: seeds and every prompt kept by an earlier round, in a stable order."""
+        return list(
+            self.db.query(
+                """select p.* from prompts p left join selections s on s.prompt_id = p.id
+               where p.run_id = ? and p.round < ? and (p.source = 'seed' or s.kept = 1)
+               order by p.round, p.idx""",
+                [run_id, round_],
+            )
+        )
+
+    # answers and scores ---------------------------------------------------------------------------------
+
+    def unanswered(self, run_id: int, round_: int) -> list[dict]:
+        return list(
+            self.db.query(
+                """select p.* from prompts p left join answers a on a.prompt_id = p.id
+               where p.run_id = ? and p.round = ? and p.status = 'new' and a.prompt_id is null
+               order by p.idx""",
+                [run_id, round_],
+            )
+        )
+
+    def add_answer(self, row: dict) -> None:
+        with self.transaction():
+            self.db["answers"].insert(row)
+
+    def unscored(self, run_id: int, round_: int) -> list[dict]:
+        return list(
+            self.db.query(
+                """select p.id, p.text as prompt, a.text as answer from prompts p
+               join answers a on a.prompt_id = p.id left join scores s on s.prompt_id = p.id
+               where p.run_id = ? and p.round = ? and s.prompt_id is null order by p.idx""",
+                [run_id, round_],
+            )
+        )
+
+    def add_scores(self, rows: list[dict]) -> None:
+        with self.transaction():
+            self.db["scores"].insert_all(rows)
+
+    def scored(self, run_id: int, round_: int) -> list[dict]:
+        return list(
+            self.db.query(
+                """select p.id, p.idx, s.* from prompts p join scores s on s.prompt_id = p.id
+               where p.run_id = ? and p.round = ? order by p.idx""",
+                [run_id, round_],
+            )
+        )
+
+    # selection ------------------------------------------------------------------------------------------
+
+    def round_selected(self, run_id: int, round_: int) -> dict | None:
+        rows = list(self.db.query("select * from rounds where run_id = ? and round = ?", [run_id, round_]))
+        return rows[0] if rows else None
+
+    def record_selection(self, run_id: int, round_: int, decisions: list[dict]) -> None:
+        """The round's keep/drop decisions and its completion mark, together or not at all."""
+        with self.transaction():
+            self.db["selections"].insert_all(decisions)
+            n_kept = sum(d["kept"] for d in decisions)
+            self.db["rounds"].insert({"run_id": run_id, "round": round_, "n_kept": n_kept, "selected_at": time.time()})
+
+    def kept_pairs(self, run_id: int) -> list[dict]:
+        return list(
+            self.db.query(
+                """select p.id, p.round, p.source, p.fewshot_ids, p.text as prompt, a.text as answer,
+                      s.gap, s.teacher_ppl, s.base_ppl, s.unit
+               from prompts p join selections sel on sel.prompt_id = p.id and sel.kept = 1
+               join answers a on a.prompt_id = p.id join scores s on s.prompt_id = p.id
+               where p.run_id = ? order by p.round, p.idx""",
+                [run_id],
+            )
+        )
+
+
+def _run_info(row: dict) -> RunInfo:
+    return RunInfo(row["id"], row["status"], json.loads(row["recipe_json"]), row["message"])
+
+
+def _take_lock(db_path: Path):
+    lock = open(db_path.with_name(db_path.name + ".lock"), "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise TskdError(f"{db_path}: locked: another tskd-lite run is writing to this database") from None
+    return lock
