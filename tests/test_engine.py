@@ -99,7 +99,7 @@ def test_generation_is_reproducible_from_its_seed(tiny):
 
 def test_model_without_chat_template_fails_clearly(tiny):
     with pytest.raises(TskdError, match=r"teacher.model: .* has no chat template .* set teacher.chat_template"):
-        Engine(ModelSpec(model=tiny["notemplate"]), role="teacher")
+        Engine(ModelSpec(model=tiny["notemplate"]), role="teacher").render("hi")
     engine = Engine(
         ModelSpec(model=tiny["notemplate"], chat_template="Q: {{ messages[0]['content'] }}\nA:"), role="teacher"
     )

@@ -86,6 +86,8 @@ def _broken(tiny, tmp_path):
         ("bad format", set_("output", "format", "csv"), "output.format: expected one of"),
         ("table is a scalar", set_(None, "dedup", 3), "dedup: expected a table"),
         ("near threshold", set_("dedup", "near_threshold", 0), "dedup.near_threshold"),
+        ("teacher without template", set_("teacher", "model", str(tiny["notemplate"])), "set teacher.chat_template"),
+        ("bad jinja", set_("teacher", "chat_template", "{% for %}"), "teacher.chat_template: not a valid Jinja"),
         ("small n_ctx", set_("teacher", "n_ctx", 8), "teacher.n_ctx: expected an integer >= 64"),
     ]
 
@@ -110,6 +112,12 @@ def test_broken_recipes_give_one_line_errors_and_leave_the_database_untouched(ti
             assert fragment in lines[0], (name, lines[0])
             assert "Traceback" not in result.output
         assert hashlib.sha256(db.read_bytes()).hexdigest() == digest, name
+
+
+def test_a_base_without_chat_template_is_fine(tiny, tmp_path):
+    raw = recipe_dict(tiny, tmp_path / "x.db")
+    raw["base"]["model"] = tiny["notemplate"]
+    assert load_recipe(write_recipe(tmp_path / "r.toml", raw)).base.model == tiny["notemplate"]
 
 
 def test_invalid_toml_and_missing_recipe(tmp_path):

@@ -7,11 +7,12 @@ predict answer tokens, so no full-vocabulary row is produced for prompt tokens (
 from __future__ import annotations
 
 import ctypes
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from tskd_lite import gguf_meta
+from tskd_lite.chat import compile_template
 from tskd_lite.errors import TskdError
 from tskd_lite.recipe import ModelSpec
 
@@ -23,34 +24,22 @@ class Generation:
     finish_reason: str  # "stop": the model ended its turn; "length": the token budget ran out
 
 
-def _raise_exception(message: str) -> None:
-    raise TskdError(f"chat template raised: {message}")
-
-
 class Engine:
     def __init__(self, spec: ModelSpec, *, role: str, threads: int = 0) -> None:
         import llama_cpp
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         self.role = role
         self.spec = spec
-        template = spec.chat_template or gguf_meta.chat_template(spec.model)
-        if template is None:
-            raise TskdError(
-                f"{role}.model: {spec.model} has no chat template in its GGUF metadata; "
-                f"set {role}.chat_template in the recipe"
-            )
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = _raise_exception
-        self._template = env.from_string(template)
+        self._template = None
         try:
             self.llm = llama_cpp.Llama(
                 model_path=str(spec.model),
                 lora_path=str(spec.lora) if spec.lora else None,
                 lora_scale=spec.lora_scale,
                 n_ctx=spec.n_ctx,
-                n_threads=threads or None,
-                n_threads_batch=threads or None,
+                # llama-cpp-python's default is half the cores for generation; this machine class has 2.
+                n_threads=threads or os.cpu_count(),
+                n_threads_batch=threads or os.cpu_count(),
                 verbose=False,
             )
         except (ValueError, RuntimeError) as e:
@@ -68,6 +57,8 @@ class Engine:
 
     def render(self, user_text: str) -> str:
         """The user turn wrapped in this model's chat template, ready for the assistant's reply."""
+        if self._template is None:
+            self._template = compile_template(self.spec.chat_template, self.spec.model, self.role)
         return self._template.render(
             messages=[{"role": "user", "content": user_text}],
             add_generation_prompt=True,

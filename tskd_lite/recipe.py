@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tskd_lite.chat import compile_template
 from tskd_lite.errors import TskdError
 from tskd_lite.gguf_meta import check_gguf
 
@@ -167,6 +168,14 @@ def load_recipe(path: str | Path) -> Recipe:
             check_gguf(spec.model, f"{path}: {name}.model")
             if spec.lora is not None:
                 check_gguf(spec.lora, f"{path}: {name}.lora")
+    # The base only scores text rendered with the teacher's template; the models that write need their own.
+    for name in ("teacher", "generator"):
+        spec = getattr(recipe, name)
+        if spec is not None:
+            try:
+                compile_template(spec.chat_template, spec.model, name)
+            except TskdError as e:
+                raise TskdError(f"{path}: {e}") from None
     return recipe
 
 
