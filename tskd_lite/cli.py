@@ -64,13 +64,46 @@ def check(recipe: Path) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_one_line_errors
 def run(recipe: Path, force_new: bool, quiet: bool) -> None:
-    """Run RECIPE end to end, or resume it where it stopped."""
+    """Run RECIPE end to end (dataset, then training, evaluation and report where the recipe has [target] and
+    [eval]), or resume it where it stopped."""
     from tskd_lite import pipeline
     from tskd_lite.recipe import load_recipe
 
-    result = pipeline.run(load_recipe(recipe), force_new=force_new, progress=not quiet, log=click.echo)
-    click.echo(f"run {result.run_id} {result.status}: {result.message}")
-    click.echo(f"dataset: {result.export_path} ({result.kept} pairs); database: {result.db}")
+    pipeline.run_all(load_recipe(recipe), force_new=force_new, progress=not quiet, log=click.echo)
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_one_line_errors
+def train(recipe: Path, quiet: bool) -> None:
+    """Train the target of RECIPE on its exported dataset (resumes from a checkpoint)."""
+    from tskd_lite import pipeline
+    from tskd_lite.recipe import load_recipe
+
+    pipeline.train_target(load_recipe(recipe), progress=not quiet, log=click.echo)
+
+
+@main.command(name="eval")
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_one_line_errors
+def eval_(recipe: Path, quiet: bool) -> None:
+    """Evaluate teacher, base and target (before and after training) on RECIPE's held-out [eval] file."""
+    from tskd_lite import pipeline
+    from tskd_lite.recipe import load_recipe
+
+    pipeline.evaluate_run(load_recipe(recipe), progress=not quiet, log=click.echo)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@_one_line_errors
+def report(run_dir: Path) -> None:
+    """Rebuild report.md, report.json and the plots in RUN_DIR."""
+    from tskd_lite.report import write_report
+
+    click.echo(write_report(run_dir))
 
 
 @main.command()

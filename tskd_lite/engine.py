@@ -103,7 +103,10 @@ class Engine:
 
     def answer_logprobs(self, rendered: str, answer: str) -> np.ndarray:
         """log p(answer token i | prompt, answer tokens < i) for each token of the answer."""
-        prompt, target = self.tokenize_prompt(rendered), self.tokenize_answer(answer)
+        return self.logprobs_of_ids(self.tokenize_prompt(rendered), self.tokenize_answer(answer))
+
+    def logprobs_of_ids(self, prompt: list[int], target: list[int]) -> np.ndarray:
+        """answer_logprobs on token ids, for comparing with another runtime on exactly the same tokens."""
         seq = prompt + target
         if len(seq) > self.spec.n_ctx:
             raise TskdError(

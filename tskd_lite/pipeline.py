@@ -21,6 +21,7 @@ from tskd_lite.engine import Engine
 from tskd_lite.errors import TskdError
 from tskd_lite.export import export
 from tskd_lite.recipe import Recipe, changed_keys, flatten, recipe_hash
+from tskd_lite.report import write_report, write_run_info
 from tskd_lite.score import score_pair
 from tskd_lite.select import decide
 from tskd_lite.store import Store
@@ -88,10 +89,52 @@ def run(recipe: Recipe, *, force_new: bool = False, progress: bool = True, log: 
         store.update_run(run_id, status=status, message=message)
         path = recipe.output.export_path
         kept = export(store, run_id, path, recipe.output.format, provenance=recipe.output.provenance)
+        write_run_info(recipe.output.run_dir, recipe.output.db, run_id)
         return RunResult(run_id, status, message, kept, recipe.output.db, path)
     finally:
         models.close()
         store.close()
+
+
+def run_all(recipe: Recipe, *, force_new: bool = False, progress: bool = True, log: Log = print) -> RunResult:
+    """Seeds -> selected dataset -> trained target -> evaluation -> report, as far as the recipe's tables go."""
+    result = run(recipe, force_new=force_new, progress=progress, log=log)
+    log(f"run {result.run_id} {result.status}: {result.message}")
+    log(f"dataset: {result.export_path} ({result.kept} pairs)")
+    if recipe.target is not None and result.kept:
+        train_target(recipe, progress=progress, log=log)
+    if recipe.eval is not None and recipe.target is not None:
+        evaluate_run(recipe, progress=progress, log=log)
+    if recipe.target is not None or recipe.eval is not None:
+        log(f"report: {write_report(recipe.output.run_dir)}")
+    return result
+
+
+def train_target(recipe: Recipe, *, progress: bool = True, log: Log = print):
+    """Train the target on the exported dataset of the recipe's run."""
+    from tskd_lite.train import read_pairs, train
+
+    path = recipe.output.export_path
+    if not path.is_file():
+        raise TskdError(f"{path}: no dataset yet; run the recipe first")
+    result = train(recipe, read_pairs(path), progress=progress, log=log)
+    log(
+        f"trained the target: {result.mode}, {result.steps} steps, {result.tokens_per_s:.0f} answer tokens/s; "
+        f"adapter in {result.out_dir}"
+    )
+    return result
+
+
+def evaluate_run(recipe: Recipe, *, progress: bool = True, log: Log = print) -> dict:
+    from tskd_lite.evaluate import evaluate
+
+    result = evaluate(recipe, train_dir=recipe.output.run_dir / "train", progress=progress, log=log)
+    for row in result["rows"]:
+        log(
+            f"{row['name']:>14}: exact {row['exact_match']:.3f}  contains {row['contains']:.3f}  "
+            f"NLL {row['nll_per_byte']:.4f} nats/byte  ({row['runtime']})"
+        )
+    return result
 
 
 def _start(store: Store, recipe: Recipe, force_new: bool, log: Log) -> int:

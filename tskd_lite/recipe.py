@@ -108,14 +108,65 @@ class Dedup:
 
 @dataclass(frozen=True)
 class Output:
+    """db holds the pool; dir (default: the db's folder) holds training outputs, evaluation and the report."""
+
     db: Path = Path("tskd.db")
     export: Path | None = None
     format: str = _one_of("chat", "chat", "alpaca")
     provenance: bool = False
+    dir: Path | None = None
 
     @property
     def export_path(self) -> Path:
         return self.export or self.db.with_suffix(".jsonl")
+
+    @property
+    def run_dir(self) -> Path:
+        return self.dir or self.db.parent
+
+
+@dataclass(frozen=True)
+class Target:
+    """The model that receives the knowledge: a Hugging Face folder (safetensors) or a GGUF file.
+
+    A GGUF target is dequantized through transformers once and cached as safetensors in `cache`
+    (default: next to the GGUF, named after it). chat_template overrides the tokenizer's; a model with
+    neither is trained on a plain "Question/Answer" template, recorded in the report.
+    """
+
+    model: Path
+    cache: Path | None = None
+    chat_template: str | None = None
+
+
+@dataclass(frozen=True)
+class Train:
+    rank: int = _positive_int(16)
+    alpha: float = _ranged(32.0, lambda v: v > 0, "a number > 0")
+    dropout: float = _unit_interval(0.05, open_low=False)
+    target_modules: tuple[str, ...] = ("all-linear",)
+    learning_rate: float = _ranged(2e-4, lambda v: 0 < v < 1, "a number in (0, 1)")
+    schedule: str = _one_of("cosine", "cosine", "linear", "constant")
+    warmup_steps: int = _ranged(0, lambda v: v >= 0, "an integer >= 0")
+    epochs: int = _positive_int(3)
+    max_steps: int = _ranged(0, lambda v: v >= 0, "an integer >= 0 (0: run the epochs)")
+    batch_size: int = _positive_int(8)
+    grad_accum: int = _positive_int(1)
+    max_seq_len: int = _ranged(256, lambda v: v >= 16, "an integer >= 16")
+    val_fraction: float = _ranged(0.1, lambda v: 0 <= v < 0.5, "a number in [0, 0.5)")
+    quantize: str = _one_of("auto", "auto", "nf4", "none")
+    token_top_fraction: float = _unit_interval(1.0)
+    checkpoint_every: int = _positive_int(50)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Eval:
+    """A held-out JSONL of {"prompt", "answer", "aliases"?} that the pipeline never sees."""
+
+    file: Path
+    max_answer_tokens: int = _positive_int(64)
+    limit: int = _ranged(0, lambda v: v >= 0, "an integer >= 0 (0: every item)")
 
 
 @dataclass(frozen=True)
@@ -129,6 +180,9 @@ class Recipe:
     select: Select = Select()
     dedup: Dedup = Dedup()
     output: Output = Output()
+    target: Target | None = None
+    train: Train = Train()
+    eval: Eval | None = None
     seed: int = 0
     threads: int = _ranged(0, lambda v: v >= 0, "an integer >= 0 (0: all cores)")
     path: Path = field(default=Path("recipe.toml"), metadata={"internal": True})
@@ -139,9 +193,10 @@ class Recipe:
         return self.generator or self.teacher
 
 
-# Keys that may change between a run and its resume without changing what was already computed:
-# where the output goes, how many threads, and how far the run goes (extending rounds or the target is legitimate).
-RESUMABLE_KEYS = ("output.", "threads", "expand.rounds", "expand.target_kept")
+# Keys that may change between a run and its resume without changing the pool already computed: where the output
+# goes, how many threads, how far the run goes (extending rounds or the target is legitimate), and everything
+# downstream of the dataset (training has its own checkpoint check).
+RESUMABLE_KEYS = ("output.", "threads", "expand.rounds", "expand.target_kept", "target.", "train.", "eval.")
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -168,6 +223,12 @@ def load_recipe(path: str | Path) -> Recipe:
             check_gguf(spec.model, f"{path}: {name}.model")
             if spec.lora is not None:
                 check_gguf(spec.lora, f"{path}: {name}.lora")
+    if recipe.target is not None:
+        _check_target(recipe.target.model, f"{path}: target.model")
+    if recipe.eval is not None:
+        from tskd_lite.evaluate import read_eval_file
+
+        read_eval_file(recipe.eval.file, f"{path}: eval.file")
     # The base only scores text rendered with the teacher's template; the models that write need their own.
     for name in ("teacher", "generator"):
         spec = getattr(recipe, name)
@@ -243,6 +304,14 @@ class _Builder:
                 self.fail(key, "a list of non-empty strings", value)
             return tuple(v.strip() for v in value)
         raise TypeError(f"recipe field {key} has unsupported type {hint}")
+
+
+def _check_target(model: Path, where: str) -> None:
+    if model.is_dir():
+        if not (model / "config.json").is_file():
+            raise TskdError(f"{where}: {model} is a folder without config.json (expected a Hugging Face model folder)")
+    else:
+        check_gguf(model, where)
 
 
 def _load_seeds(seeds: Seeds, recipe_path: Path) -> tuple[str, ...]:

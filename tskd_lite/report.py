@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 
+from tskd_lite.errors import TskdError
 from tskd_lite.store import Store
 
 
@@ -99,3 +102,123 @@ def format_summary(s: dict) -> str:
         rate = "-" if t["tokens_per_s"] is None else f"{t['tokens_per_s']:.0f} tokens/s"
         lines.append(f"{name}: {t['tokens']} tokens in {t['seconds']:.1f} s ({rate})")
     return "\n".join(lines)
+
+
+# -- the run report: dataset, training and evaluation side by side ----------------------------------------
+
+
+def write_run_info(run_dir: Path, db: Path, run_id: int) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.json").write_text(json.dumps({"db": str(db), "run_id": run_id}))
+
+
+def _gaps_by_round(store: Store, run_id: int) -> dict[int, list[float]]:
+    out: dict[int, list[float]] = {}
+    for round_, g in store.db.execute(
+        "select p.round, s.gap from scores s join prompts p on p.id = s.prompt_id where p.run_id = ? order by p.round",
+        [run_id],
+    ):
+        out.setdefault(round_, []).append(g)
+    return out
+
+
+def write_report(run_dir: Path) -> Path:
+    """Rebuild report.json, report.md and the PNG plots in run_dir from the store and the stage outputs."""
+    info_path = run_dir / "run.json"
+    if not info_path.is_file():
+        raise TskdError(f"{run_dir}: not a run folder (no run.json; `tskd-lite run` writes it)")
+    info = json.loads(info_path.read_text())
+    store = Store.read(Path(info["db"]))
+    try:
+        dataset = summary(store, info["run_id"])
+        gaps = _gaps_by_round(store, info["run_id"])
+    finally:
+        store.close()
+    train = _read_json(run_dir / "train" / "train.json")
+    evaluation = _read_json(run_dir / "eval.json")
+    rows = [{k: v for k, v in r.items() if k != "predictions"} for r in (evaluation or {}).get("rows", [])]
+    report = {"dataset": dataset, "train": train, "eval": rows}
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    plots = _plots(run_dir, gaps, dataset["unit"], train)
+    (run_dir / "report.md").write_text(_markdown(report, plots))
+    return run_dir / "report.md"
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _plots(run_dir: Path, gaps: dict[int, list[float]], unit: str | None, train: dict | None) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    if gaps:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        every = [g for values in gaps.values() for g in values]
+        bins = np.linspace(min(every), max(every), 25) if max(every) > min(every) else 10
+        for round_, values in gaps.items():
+            ax.hist(values, bins=bins, alpha=0.5, label=f"round {round_}")
+        ax.set_xlabel(f"gap = log PPL_base - log PPL_teacher (per {unit or 'token'})")
+        ax.set_ylabel("pairs")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(run_dir / "gap_hist.png", dpi=120)
+        plt.close(fig)
+        names.append("gap_hist.png")
+    if train and train.get("curve"):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        curve = train["curve"]
+        ax.plot([p["step"] for p in curve], [p["loss"] for p in curve], label="train")
+        val = [p for p in curve if p.get("val_loss") is not None]
+        if val:
+            ax.plot([p["step"] for p in val], [p["val_loss"] for p in val], "o-", label="validation")
+        ax.set_xlabel("step")
+        ax.set_ylabel("answer-token loss (nats)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(run_dir / "loss.png", dpi=120)
+        plt.close(fig)
+        names.append("loss.png")
+    return names
+
+
+def _markdown(report: dict, plots: list[str]) -> str:
+    d, t = report["dataset"], report["train"]
+    out = ["# tskd-lite run report", "", "## Evaluation (held-out items, greedy decoding)", ""]
+    if report["eval"]:
+        out += [
+            "| model | runtime | items | exact match | contains | reference NLL (nats/byte) |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+        ]
+        out += [
+            f"| {r['name']} | {r['runtime']} | {r['n']} | {r['exact_match']:.3f} | {r['contains']:.3f} | "
+            f"{r['nll_per_byte']:.4f} |"
+            for r in report["eval"]
+        ]
+    else:
+        out.append("No evaluation yet (the recipe has no [eval] table, or `tskd-lite eval` has not run).")
+    out += ["", "## Dataset", "", "```", format_summary(d), "```", ""]
+    if t:
+        last_val = [p["val_loss"] for p in t["curve"] if p.get("val_loss") is not None]
+        out += [
+            "## Training",
+            "",
+            f"- mode: {t['mode']} ({t['device']}); target rendered with the {t['template']}",
+            f"- {t['n_train']} training and {t['n_val']} validation pairs, {t['steps']} steps, "
+            f"{t['answer_tokens']} answer tokens in {t['seconds']:.1f} s ({t['tokens_per_s']:.0f} answer tokens/s)",
+            f"- loss: first step {t['curve'][0]['loss']:.3f}, last step {t['curve'][-1]['loss']:.3f}"
+            + (f"; validation after each epoch: {', '.join(f'{v:.3f}' for v in last_val)}" if last_val else ""),
+        ]
+        if t.get("gguf_check"):
+            g = t["gguf_check"]
+            out.append(
+                f"- GGUF LoRA adapter `{Path(t['gguf_adapter']).name}` on the target GGUF in llama.cpp vs the "
+                f"merged model in transformers: max |Δ log p| {g['max_abs_diff']:.4f}, mean "
+                f"{g['mean_abs_diff']:.4f} over {g['tokens']} tokens"
+            )
+        out.append("")
+    out += [f"![{name}]({name})" for name in plots]
+    return "\n".join(out) + "\n"

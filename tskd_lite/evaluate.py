@@ -1,0 +1,171 @@
+"""Held-out evaluation of teacher, base, and target before and after training, on the same items.
+
+Greedy decoding everywhere. Teacher and base run in llama.cpp on the teacher's chat template (as in scoring);
+the target runs in transformers on its own template (as in training). Metrics: exact match of the answer's first
+line and contains-match, both after normalisation, and the reference answer's NLL in nats per UTF-8 byte, the one
+unit that compares across tokenizers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tskd_lite.errors import TskdError
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    prompt: str
+    answer: str
+    aliases: tuple[str, ...] = ()
+
+
+def read_eval_file(path: Path, where: str) -> list[EvalItem]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise TskdError(f"{where}: file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise TskdError(f"{where}: cannot read {path}: {e}") from None
+    items = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TskdError(f"{where}: {path}:{number}: not valid JSON: {e.msg}") from None
+        ok = isinstance(row, dict) and all(isinstance(row.get(k), str) and row[k].strip() for k in ("prompt", "answer"))
+        aliases = row.get("aliases", []) if isinstance(row, dict) else None
+        if not ok or not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+            raise TskdError(f'{where}: {path}:{number}: expected {{"prompt": str, "answer": str, "aliases"?: [str]}}')
+        items.append(EvalItem(row["prompt"], row["answer"], tuple(aliases)))
+    if not items:
+        raise TskdError(f"{where}: {path} holds no items")
+    return items
+
+
+def normalise_answer(text: str) -> str:
+    """Case, punctuation, whitespace and number formatting folded: '1,000.50 Apples!' -> '1000.5 apples'."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
+    text = re.sub(r"\d+\.\d+", lambda m: m.group().rstrip("0").rstrip("."), text)
+    text = re.sub(r"(?<!\d)\.|\.(?!\d)", " ", text)  # full stops go, decimal points stay
+    text = re.sub(r"[^\w\s.]", " ", text)
+    return " ".join(text.split())
+
+
+def match(prediction: str, item: EvalItem) -> tuple[bool, bool]:
+    """(exact match of the first line, reference contained as whole words anywhere)."""
+    refs = {normalise_answer(r) for r in (item.answer, *item.aliases)}
+    lines = prediction.strip().splitlines()
+    first = normalise_answer(lines[0]) if lines else ""
+    whole = f" {normalise_answer(prediction)} "
+    return first in refs, any(f" {r} " in whole for r in refs if r)
+
+
+def _row(name: str, runtime: str, items: list[EvalItem], predictions: list[str], nll_bytes: list[float]) -> dict:
+    matches = [match(p, it) for p, it in zip(predictions, items, strict=True)]
+    return {
+        "name": name,
+        "runtime": runtime,
+        "n": len(items),
+        "exact_match": float(np.mean([m[0] for m in matches])),
+        "contains": float(np.mean([m[1] for m in matches])),
+        "nll_per_byte": float(np.mean(nll_bytes)),
+        "predictions": predictions,
+    }
+
+
+def eval_llama(name: str, engine, render_with, items: list[EvalItem], max_tokens: int, progress: bool) -> dict:
+    from tqdm import tqdm
+
+    predictions, nll = [], []
+    for item in tqdm(items, desc=f"eval {name}", disable=not progress, dynamic_ncols=True):
+        rendered = render_with.render(item.prompt)
+        predictions.append(engine.generate(rendered, max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=0).text)
+        nll.append(-float(np.sum(engine.answer_logprobs(rendered, item.answer))) / len(item.answer.encode()))
+    return _row(name, "llama.cpp", items, predictions, nll)
+
+
+def eval_transformers(
+    name: str,
+    model_dir: Path,
+    formatter_for,
+    items: list[EvalItem],
+    max_tokens: int,
+    progress: bool,
+    batch_size: int = 8,
+) -> dict:
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    fmt = formatter_for(tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    predictions, nll = [], []
+    with torch.no_grad():
+        for start in tqdm(
+            range(0, len(items), batch_size), desc=f"eval {name}", disable=not progress, dynamic_ncols=True
+        ):
+            chunk = items[start : start + batch_size]
+            heads = [fmt.prompt_ids(it.prompt) for it in chunk]
+            width = max(map(len, heads))
+            # Left padding keeps every prompt's last token at the same column, where generation continues.
+            ids = torch.tensor([[pad] * (width - len(h)) + h for h in heads])
+            mask = torch.tensor([[0] * (width - len(h)) + [1] * len(h) for h in heads])
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens, do_sample=False, pad_token_id=pad
+            )
+            predictions += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+            for head, item in zip(heads, chunk, strict=True):
+                tail = tokenizer(item.answer, add_special_tokens=False)["input_ids"]
+                logits = model(torch.tensor([head + tail])).logits[0, len(head) - 1 : -1].double()
+                lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(tail)[:, None]).sum().item()
+                nll.append(-lp / len(item.answer.encode()))
+    return _row(name, "transformers", items, predictions, nll)
+
+
+def evaluate(recipe, *, train_dir: Path | None, progress: bool = True, log=print) -> dict:
+    """The four rows (teacher, base, target before, target after where trained); writes run_dir/eval.json."""
+    from tskd_lite.engine import Engine
+    from tskd_lite.target import Formatter, hf_dir, quiet_transformers
+
+    if recipe.eval is None or recipe.target is None:
+        raise TskdError(f"{recipe.path}: eval: [eval] and [target] tables are needed to evaluate")
+    quiet_transformers()
+    cfg = recipe.eval
+    items = read_eval_file(cfg.file, f"{recipe.path}: eval.file")
+    items = items[: cfg.limit] if cfg.limit else items
+    log(f"evaluating on {len(items)} held-out items from {cfg.file.name}")
+    rows = []
+    teacher = Engine(recipe.teacher, role="teacher", threads=recipe.threads)
+    rows.append(eval_llama("teacher", teacher, teacher, items, cfg.max_answer_tokens, progress))
+    base = Engine(recipe.base, role="base", threads=recipe.threads)
+    rows.append(eval_llama("base", base, teacher, items, cfg.max_answer_tokens, progress))
+    teacher.close()
+    base.close()
+
+    def formatter_for(tokenizer):
+        return Formatter.for_target(tokenizer, recipe.target)
+
+    rows.append(
+        eval_transformers(
+            "target before", hf_dir(recipe.target, log), formatter_for, items, cfg.max_answer_tokens, progress
+        )
+    )
+    merged = train_dir / "merged" if train_dir is not None else None
+    if merged is not None and (merged / "config.json").is_file():
+        rows.append(eval_transformers("target after", merged, formatter_for, items, cfg.max_answer_tokens, progress))
+    result = {"items": [it.__dict__ for it in items], "rows": rows}
+    recipe.output.run_dir.mkdir(parents=True, exist_ok=True)
+    (recipe.output.run_dir / "eval.json").write_text(json.dumps(result, indent=2, default=list))
+    return result

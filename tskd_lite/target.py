@@ -1,0 +1,108 @@
+"""The target model in transformers: GGUF to cached safetensors, and (prompt, answer) to training tokens.
+
+Training, evaluation of the target and the GGUF LoRA export all go through here, so the prompt the target is
+trained on is exactly the prompt it is evaluated on.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from tskd_lite.errors import TskdError
+from tskd_lite.recipe import Target
+
+PLAIN_TEMPLATE = "Question: {prompt}\nAnswer:"
+
+
+def quiet_transformers() -> None:
+    """transformers' per-load progress bars and advice would drown tskd-lite's own progress output."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def hf_dir(target: Target, log=print) -> Path:
+    """A Hugging Face folder for the target; a GGUF is dequantized once and cached as safetensors."""
+    if target.model.is_dir():
+        return target.model
+    cache = target.cache or target.model.with_name(target.model.stem + ".hf")
+    if (cache / "config.json").is_file():
+        return cache
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log(f"converting {target.model.name} to safetensors in {cache} (once)")
+    tokenizer = AutoTokenizer.from_pretrained(target.model.parent, gguf_file=target.model.name)
+    model = AutoModelForCausalLM.from_pretrained(target.model.parent, gguf_file=target.model.name, dtype=torch.float32)
+    # A model loaded from GGUF carries a quantizer that refuses to save; the dequantized weights are plain fp32.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = cache.with_name(cache.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "tskd_source.json").write_text(json.dumps({"gguf": str(target.model)}))
+    tmp.rename(cache)  # the cache appears whole or not at all
+    return cache
+
+
+@dataclass(frozen=True)
+class Formatter:
+    """Renders pairs with the target's chat template, or the plain template for models without one."""
+
+    tokenizer: object
+    template: str | None  # None: plain template
+
+    @classmethod
+    def for_target(cls, tokenizer, target: Target) -> Formatter:
+        template = target.chat_template or getattr(tokenizer, "chat_template", None)
+        return cls(tokenizer, template)
+
+    @property
+    def kind(self) -> str:
+        return "chat template" if self.template else f"plain template {PLAIN_TEMPLATE!r}"
+
+    def prompt_text(self, prompt: str) -> str:
+        if self.template is None:
+            return PLAIN_TEMPLATE.format(prompt=prompt)
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}],
+            chat_template=self.template,
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+
+    def answer_text(self, prompt: str, answer: str) -> str:
+        """What follows the prompt text in a full conversation, end-of-turn marker included."""
+        if self.template is None:
+            return " " + answer + (self.tokenizer.eos_token or "")
+        head = self.prompt_text(prompt)
+        full = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
+            chat_template=self.template,
+            tokenize=False,
+        )
+        if not full.startswith(head):
+            raise TskdError("target chat template: the conversation does not start with the generation prompt")
+        return full[len(head) :]
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        text = self.prompt_text(prompt)
+        bos = getattr(self.tokenizer, "bos_token", None)
+        # Templates that write the BOS text themselves must not get a second one from the tokenizer.
+        add_special = not (bos and text.startswith(bos))
+        return self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+
+    def encode(self, prompt: str, answer: str, max_len: int) -> tuple[list[int], list[int]] | None:
+        """(input_ids, labels) with labels -100 on the prompt; None where the prompt alone fills max_len."""
+        head = self.prompt_ids(prompt)
+        tail = self.tokenizer(self.answer_text(prompt, answer), add_special_tokens=False)["input_ids"]
+        if len(head) >= max_len:
+            return None
+        ids = (head + tail)[:max_len]
+        return ids, [-100] * len(head) + ids[len(head) :]

@@ -1,0 +1,351 @@
+"""Supervised fine-tuning of the target on the kept pairs: QLoRA on a CUDA GPU, plain LoRA on the CPU.
+
+The whole loop is in train(): data, model, optimiser, steps, validation, checkpoints, outputs. Checkpoints are
+written atomically every `checkpoint_every` steps; a killed run resumes from the last one when the dataset and
+the training settings are unchanged (a fingerprint says so), and starts over, saying why, when they changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tskd_lite.errors import TskdError
+from tskd_lite.recipe import Recipe, Train
+from tskd_lite.target import Formatter, hf_dir, quiet_transformers
+
+
+@dataclass(frozen=True)
+class Example:
+    ids: list[int]
+    labels: list[int]
+
+
+def read_pairs(path: Path) -> list[tuple[str, str]]:
+    """(prompt, answer) pairs from an exported chat or alpaca JSONL."""
+    pairs = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if "messages" in row:
+            turns = {m["role"]: m["content"] for m in row["messages"]}
+            pairs.append((turns["user"], turns["assistant"]))
+        elif "instruction" in row:
+            prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+            pairs.append((prompt, row["output"]))
+        else:
+            raise TskdError(f"{path}:{number}: expected chat ('messages') or alpaca ('instruction') records")
+    return pairs
+
+
+def split(examples: list, val_fraction: float, seed: int) -> tuple[list, list]:
+    order = np.random.default_rng([seed, 0]).permutation(len(examples))
+    n_val = min(len(examples) - 1, max(1, round(val_fraction * len(examples)))) if val_fraction > 0 else 0
+    return [examples[i] for i in order[n_val:]], [examples[i] for i in order[:n_val]]
+
+
+def batch_order(n: int, batch_size: int, epoch: int, seed: int) -> list[list[int]]:
+    """The batches of one epoch: a permutation that depends only on (seed, epoch), so a resume replays it."""
+    order = np.random.default_rng([seed, 1, epoch]).permutation(n)
+    return [order[i : i + batch_size].tolist() for i in range(0, n, batch_size)]
+
+
+def collate(examples: list[Example], pad_id: int):
+    import torch
+
+    width = max(len(e.ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        ids[row, : len(e.ids)] = torch.tensor(e.ids)
+        labels[row, : len(e.labels)] = torch.tensor(e.labels)
+        mask[row, : len(e.ids)] = 1
+    return ids, labels, mask
+
+
+def answer_loss(model, examples: list[Example], pad_id: int, device) -> tuple:
+    """Mean cross-entropy over answer tokens of a batch (labels -100 elsewhere), and the answer-token count."""
+    import torch.nn.functional as F
+
+    ids, labels, mask = (t.to(device) for t in collate(examples, pad_id))
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    target = labels[:, 1:]
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=-100)
+    return loss, int((target != -100).sum())
+
+
+def _fingerprint(cfg: Train, examples: list[Example], target_dir: Path, mode: str) -> str:
+    digest = hashlib.sha256(json.dumps([dataclasses.asdict(cfg), str(target_dir), mode], default=str).encode())
+    for e in examples:
+        digest.update(np.asarray(e.ids + [-1] + e.labels, dtype=np.int64).tobytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out_dir: Path
+    mode: str
+    device: str
+    template: str
+    n_train: int
+    n_val: int
+    steps: int
+    answer_tokens: int
+    seconds: float
+    tokens_per_s: float
+    curve: list[dict]
+    gguf_adapter: Path | None
+    gguf_check: dict | None
+
+    def to_json(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def train(recipe: Recipe, pairs: list[tuple[str, str]], *, progress: bool = True, log=print) -> TrainResult:
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+
+    if recipe.target is None:
+        raise TskdError(f"{recipe.path}: target: a [target] table is needed to train")
+    quiet_transformers()
+    cfg = recipe.train
+    out = recipe.output.run_dir / "train"
+    out.mkdir(parents=True, exist_ok=True)
+    target_dir = hf_dir(recipe.target, log)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    quantize = cfg.quantize == "nf4" or (cfg.quantize == "auto" and cuda)
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    mode = ("QLoRA (NF4, double quantization)" if quantize else "LoRA (fp32)") + (" on CUDA" if cuda else " on the CPU")
+    if not cuda:
+        log(f"no CUDA GPU found: training {mode}")
+
+    tokenizer = AutoTokenizer.from_pretrained(target_dir)
+    fmt = Formatter.for_target(tokenizer, recipe.target)
+    encoded = [fmt.encode(p, a, cfg.max_seq_len) for p, a in pairs]
+    examples = [Example(*e) for e in encoded if e is not None]
+    if len(encoded) - len(examples):
+        log(f"skipped {len(encoded) - len(examples)} pairs whose prompt alone exceeds train.max_seq_len")
+    if len(examples) < 2:
+        raise TskdError(f"{recipe.path}: train: need at least 2 usable pairs, the dataset has {len(examples)}")
+    train_set, val_set = split(examples, cfg.val_fraction, cfg.seed)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    torch.manual_seed(cfg.seed)
+    load_kwargs: dict = {"dtype": torch.bfloat16 if bf16 else torch.float32}
+    if quantize:
+        from transformers import BitsAndBytesConfig
+
+        load_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=load_kwargs["dtype"],
+        )
+        load_kwargs["device_map"] = {"": device.index or 0} if cuda else {"": "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(target_dir, **load_kwargs)
+    if quantize:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cuda)
+    else:
+        model.to(device)
+        if cuda:
+            model.gradient_checkpointing_enable()
+            model.enable_input_require_grads()
+    modules = "all-linear" if cfg.target_modules == ("all-linear",) else list(cfg.target_modules)
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=cfg.rank,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=modules,
+            task_type="CAUSAL_LM",
+        ),
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cuda:
+        import bitsandbytes as bnb
+
+        optimizer = bnb.optim.PagedAdamW8bit(params, lr=cfg.learning_rate, weight_decay=0.0)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    total_steps = cfg.max_steps or math.ceil(cfg.epochs * per_epoch / cfg.grad_accum)
+    scheduler = get_scheduler(
+        cfg.schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps
+    )
+
+    fingerprint = _fingerprint(cfg, examples, target_dir, mode)
+    ckpt = out / "checkpoint"
+    state = {"step": 0, "curve": [], "answer_tokens": 0, "seconds": 0.0}
+    if (ckpt / "state.json").is_file():
+        saved = json.loads((ckpt / "state.json").read_text())
+        if saved["fingerprint"] == fingerprint:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(model, load_file(ckpt / "adapter.safetensors"))
+            optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+            scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+            torch.set_rng_state(torch.load(ckpt / "rng.pt", weights_only=True))  # dropout masks continue as before
+            state = saved
+            log(f"resuming training from the checkpoint at step {state['step']} of {total_steps}")
+        else:
+            log("the dataset or [train] settings changed since the last checkpoint: training starts over")
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
+
+    def micro_batch(k: int) -> list[Example]:
+        epoch, index = divmod(k, per_epoch)
+        return [train_set[i] for i in batch_order(len(train_set), cfg.batch_size, epoch, cfg.seed)[index]]
+
+    def validate() -> float | None:
+        if not val_set:
+            return None
+        model.eval()
+        total, count = 0.0, 0
+        with torch.no_grad(), autocast:
+            for i in range(0, len(val_set), cfg.batch_size):
+                loss, n = answer_loss(model, val_set[i : i + cfg.batch_size], pad_id, device)
+                total, count = total + loss.item() * n, count + n
+        model.train()
+        return total / max(count, 1)
+
+    model.train()
+    bar = tqdm(
+        total=total_steps, initial=state["step"], desc="train", unit="step", disable=not progress, dynamic_ncols=True
+    )
+    while state["step"] < total_steps:
+        step = state["step"]
+        started = time.perf_counter()
+        step_loss, step_tokens = 0.0, 0
+        for micro in range(cfg.grad_accum):
+            with autocast:
+                loss, n = answer_loss(model, micro_batch(step * cfg.grad_accum + micro), pad_id, device)
+            (loss / cfg.grad_accum).backward()
+            step_loss, step_tokens = step_loss + loss.item() / cfg.grad_accum, step_tokens + n
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["seconds"] += time.perf_counter() - started
+        state["answer_tokens"] += step_tokens
+        state["step"] = step + 1
+        point = {"step": state["step"], "loss": step_loss, "lr": scheduler.get_last_lr()[0]}
+        end_of_epoch = (state["step"] * cfg.grad_accum) // per_epoch > (step * cfg.grad_accum) // per_epoch
+        if end_of_epoch or state["step"] == total_steps:
+            point["val_loss"] = validate()
+            point["epoch"] = state["step"] * cfg.grad_accum / per_epoch
+        state["curve"].append(point)
+        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{state['answer_tokens'] / state['seconds']:.0f}")
+        bar.update()
+        if state["step"] % cfg.checkpoint_every == 0 and state["step"] < total_steps:
+            _checkpoint(model, optimizer, scheduler, {**state, "fingerprint": fingerprint}, ckpt)
+    bar.close()
+
+    adapter_dir = out / "adapter"
+    model.save_pretrained(adapter_dir)
+    merged = _merge(target_dir, adapter_dir, out / "merged", tokenizer)
+    gguf_adapter, gguf_check = None, None
+    if not recipe.target.model.is_dir():
+        from tskd_lite import lora_gguf
+
+        gguf_adapter = out / "adapter.gguf"
+        lora_gguf.write(model, gguf_adapter, lora_gguf.gguf_arch(model.get_base_model().config, recipe.target.model))
+        gguf_check = check_gguf_adapter(recipe.target.model, gguf_adapter, merged, fmt, pairs[:3])
+        log(
+            f"GGUF LoRA check against the merged model: max |Δ log p| = {gguf_check['max_abs_diff']:.4f} "
+            f"over {gguf_check['tokens']} tokens"
+        )
+    shutil.rmtree(ckpt, ignore_errors=True)
+    result = TrainResult(
+        out_dir=out,
+        mode=mode,
+        device=str(device),
+        template=fmt.kind,
+        n_train=len(train_set),
+        n_val=len(val_set),
+        steps=state["step"],
+        answer_tokens=state["answer_tokens"],
+        seconds=state["seconds"],
+        tokens_per_s=state["answer_tokens"] / max(state["seconds"], 1e-9),
+        curve=state["curve"],
+        gguf_adapter=gguf_adapter,
+        gguf_check=gguf_check,
+    )
+    (out / "train.json").write_text(json.dumps(result.to_json(), indent=2))
+    return result
+
+
+def _checkpoint(model, optimizer, scheduler, state: dict, ckpt: Path) -> None:
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    tmp = ckpt.with_name("checkpoint.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}, tmp / "adapter.safetensors")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(torch.get_rng_state(), tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps(state))
+    # Swap in the new checkpoint so that a kill at any moment leaves one complete checkpoint on disk.
+    old = ckpt.with_name("checkpoint.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if ckpt.exists():
+        ckpt.rename(old)
+    tmp.rename(ckpt)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _merge(target_dir: Path, adapter_dir: Path, merged_dir: Path, tokenizer) -> Path:
+    """Base weights in fp32 plus the adapter, merged and saved as plain safetensors."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.save_pretrained(merged_dir)
+    tokenizer.save_pretrained(merged_dir)
+    return merged_dir
+
+
+def check_gguf_adapter(
+    target_gguf: Path, adapter: Path, merged_dir: Path, fmt: Formatter, pairs: list[tuple[str, str]]
+) -> dict:
+    """Log-probs of a few answers under llama.cpp (target GGUF + GGUF LoRA) against the merged model in
+    transformers, on the same token ids."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tskd_lite.engine import Engine
+    from tskd_lite.recipe import ModelSpec
+
+    engine = Engine(ModelSpec(model=target_gguf, lora=adapter, n_ctx=512), role="target")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    diffs = []
+    for prompt, answer in pairs:
+        head = fmt.prompt_ids(prompt)
+        tail = fmt.tokenizer(answer, add_special_tokens=False)["input_ids"][:64]
+        lp_cpp = engine.logprobs_of_ids(head, tail)
+        with torch.no_grad():
+            logits = merged(torch.tensor([head + tail])).logits[0, len(head) - 1 : -1].double()
+        lp_hf = torch.log_softmax(logits, -1).gather(1, torch.tensor(tail)[:, None])[:, 0].numpy()
+        diffs.append(np.abs(lp_cpp - lp_hf))
+    engine.close()
+    d = np.concatenate(diffs)
+    return {"max_abs_diff": float(d.max()), "mean_abs_diff": float(d.mean()), "tokens": int(d.size)}
