@@ -88,6 +88,12 @@ def _broken(tiny, tmp_path):
         ("near threshold", set_("dedup", "near_threshold", 0), "dedup.near_threshold"),
         ("teacher without template", set_("teacher", "model", str(tiny["notemplate"])), "set teacher.chat_template"),
         ("bad jinja", set_("teacher", "chat_template", "{% for %}"), "teacher.chat_template: not a valid Jinja"),
+        ("bad train schedule", set_("train", "schedule", "step"), "train.schedule: expected one of"),
+        ("negative lora rank", set_("train", "rank", -4), "train.rank: expected an integer > 0"),
+        ("val fraction", set_("train", "val_fraction", 0.9), "train.val_fraction"),
+        ("target missing", set_("target", "model", "nope.gguf"), "target.model: file not found"),
+        ("eval file missing", set_("eval", "file", "nope.jsonl"), "eval.file: file not found"),
+        ("eval without file", set_("eval", "limit", 3), "eval.file: required key is missing"),
         ("small n_ctx", set_("teacher", "n_ctx", 8), "teacher.n_ctx: expected an integer >= 64"),
     ]
 

@@ -117,12 +117,47 @@ def train_target(recipe: Recipe, *, progress: bool = True, log: Log = print):
     path = recipe.output.export_path
     if not path.is_file():
         raise TskdError(f"{path}: no dataset yet; run the recipe first")
-    result = train(recipe, read_pairs(path), progress=progress, log=log)
+    pairs = read_pairs(path) if recipe.train.token_top_fraction == 1.0 else _token_selected_pairs(recipe, log)
+    result = train(recipe, pairs, progress=progress, log=log)
     log(
         f"trained the target: {result.mode}, {result.steps} steps, {result.tokens_per_s:.0f} answer tokens/s; "
         f"adapter in {result.out_dir}"
     )
     return result
+
+
+def _token_selected_pairs(recipe: Recipe, log: Log) -> list:
+    """The kept pairs with the byte spans of their top answer tokens, from the per-token scores in the store."""
+    import json
+
+    from tskd_lite.select import top_token_spans
+
+    store = Store.read(recipe.output.db)
+    try:
+        run = store.get_run(None)
+        if store.db["runs"].get(run.id)["unit"] != "token":
+            raise TskdError(
+                f"{recipe.path}: train.token_top_fraction: token-level selection needs teacher and base to share a "
+                "tokenizer (this run scores per byte)"
+            )
+        rows = store.kept_pairs(run.id)
+    finally:
+        store.close()
+    fraction = recipe.train.token_top_fraction
+    log(f"token-level selection: training on the top {fraction:.0%} of answer tokens by teacher-over-base lift")
+    return [
+        (
+            r["prompt"],
+            r["answer"],
+            top_token_spans(
+                json.loads(r["teacher_logprobs"]),
+                json.loads(r["base_logprobs"]),
+                json.loads(r["teacher_byte_ends"]),
+                fraction,
+            ),
+        )
+        for r in rows
+    ]
 
 
 def evaluate_run(recipe: Recipe, *, progress: bool = True, log: Log = print) -> dict:

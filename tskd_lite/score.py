@@ -45,6 +45,7 @@ def score_pair(teacher: Engine, base: Engine, prompt: str, answer: str, unit: st
     n_prompt = len(teacher.tokenize_prompt(rendered)) + len(base.tokenize_prompt(rendered))
     row.update(
         teacher_logprobs=_compact(t_lp),
+        teacher_byte_ends="[" + ",".join(map(str, teacher.answer_byte_ends(answer))) + "]",
         base_logprobs=_compact(b_lp),
         decoded_tokens=n_prompt + len(t_lp) + len(b_lp),
         seconds=time.perf_counter() - start,

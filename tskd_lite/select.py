@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from tskd_lite.recipe import Select
 
 
@@ -36,3 +38,14 @@ def decide(scored: list[dict], rule: Select) -> list[tuple[bool, str]]:
         else:
             decisions[i] = (False, f"PPL ratio {ratio:.3g} outside the round's top_fraction")
     return decisions  # type: ignore[return-value]
+
+
+def top_token_spans(
+    teacher_logprobs: list[float], base_logprobs: list[float], byte_ends: list[int], fraction: float
+) -> list[tuple[int, int]]:
+    """Token-level selection (after TiTok, arXiv 2510.04682): the byte spans of the answer tokens where the
+    teacher's log-prob exceeds the base's the most, the top `fraction` of each answer's tokens."""
+    lift = np.asarray(teacher_logprobs) - np.asarray(base_logprobs)
+    top = np.argsort(-lift, kind="stable")[: math.ceil(fraction * len(lift))]
+    starts = [0, *byte_ends[:-1]]
+    return [(starts[i], byte_ends[i]) for i in sorted(top.tolist())]

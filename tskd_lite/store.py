@@ -127,6 +127,7 @@ class Store:
                     "teacher_ppl": float,
                     "base_ppl": float,
                     "teacher_logprobs": str,
+                    "teacher_byte_ends": str,
                     "base_logprobs": str,
                     "decoded_tokens": int,
                     "seconds": float,
@@ -259,7 +260,7 @@ class Store:
 
     def add_scores(self, rows: list[dict]) -> None:
         with self.transaction():
-            self.db["scores"].insert_all(rows)
+            self.db["scores"].insert_all(rows, alter=True)  # databases from before a new column gain it
 
     def scored(self, run_id: int, round_: int) -> list[dict]:
         return list(
@@ -287,7 +288,8 @@ class Store:
         return list(
             self.db.query(
                 """select p.id, p.round, p.source, p.fewshot_ids, p.text as prompt, a.text as answer,
-                      s.gap, s.teacher_ppl, s.base_ppl, s.unit
+                      s.gap, s.teacher_ppl, s.base_ppl, s.unit, s.teacher_logprobs, s.base_logprobs,
+                      s.teacher_byte_ends
                from prompts p join selections sel on sel.prompt_id = p.id and sel.kept = 1
                join answers a on a.prompt_id = p.id join scores s on s.prompt_id = p.id
                where p.run_id = ? order by p.round, p.idx""",

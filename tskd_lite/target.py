@@ -19,10 +19,13 @@ PLAIN_TEMPLATE = "Question: {prompt}\nAnswer:"
 
 def quiet_transformers() -> None:
     """transformers' per-load progress bars and advice would drown tskd-lite's own progress output."""
+    import warnings
+
     from transformers.utils import logging
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def hf_dir(target: Target, log=print) -> Path:
@@ -98,11 +101,28 @@ class Formatter:
         add_special = not (bos and text.startswith(bos))
         return self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
 
-    def encode(self, prompt: str, answer: str, max_len: int) -> tuple[list[int], list[int]] | None:
-        """(input_ids, labels) with labels -100 on the prompt; None where the prompt alone fills max_len."""
+    def encode(
+        self, prompt: str, answer: str, max_len: int, keep: list[tuple[int, int]] | None = None
+    ) -> tuple[list[int], list[int]] | None:
+        """(input_ids, labels) with labels -100 on the prompt; None where the prompt alone fills max_len.
+
+        keep: byte spans of the answer that carry the loss (token-level selection); answer tokens outside every
+        span get -100, while template tokens around the answer (end of turn) always carry it.
+        """
         head = self.prompt_ids(prompt)
-        tail = self.tokenizer(self.answer_text(prompt, answer), add_special_tokens=False)["input_ids"]
         if len(head) >= max_len:
             return None
+        text = self.answer_text(prompt, answer)
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=keep is not None)
+        tail, labels = enc["input_ids"], list(enc["input_ids"])
+        if keep is not None:
+            start = text.find(answer)  # templates that rewrite the answer fall back to its start
+            offset = len(text[: max(start, 0)].encode())
+            n_answer = len(answer.encode())
+            for j, (c0, c1) in enumerate(enc["offset_mapping"]):
+                b0, b1 = len(text[:c0].encode()) - offset, len(text[:c1].encode()) - offset
+                in_answer = b1 > 0 and b0 < n_answer
+                if in_answer and not any(b0 < end and begin < b1 for begin, end in keep):
+                    labels[j] = -100
         ids = (head + tail)[:max_len]
-        return ids, [-100] * len(head) + ids[len(head) :]
+        return ids, ([-100] * len(head) + labels)[:max_len]

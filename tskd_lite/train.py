@@ -29,8 +29,11 @@ class Example:
     labels: list[int]
 
 
-def read_pairs(path: Path) -> list[tuple[str, str]]:
-    """(prompt, answer) pairs from an exported chat or alpaca JSONL."""
+Pair = tuple[str, str, list[tuple[int, int]] | None]  # prompt, answer, byte spans carrying the loss (None: all)
+
+
+def read_pairs(path: Path) -> list[Pair]:
+    """(prompt, answer, None) from an exported chat or alpaca JSONL."""
     pairs = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -38,10 +41,10 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
         row = json.loads(line)
         if "messages" in row:
             turns = {m["role"]: m["content"] for m in row["messages"]}
-            pairs.append((turns["user"], turns["assistant"]))
+            pairs.append((turns["user"], turns["assistant"], None))
         elif "instruction" in row:
             prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
-            pairs.append((prompt, row["output"]))
+            pairs.append((prompt, row["output"], None))
         else:
             raise TskdError(f"{path}:{number}: expected chat ('messages') or alpaca ('instruction') records")
     return pairs
@@ -111,7 +114,7 @@ class TrainResult:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
 
 
-def train(recipe: Recipe, pairs: list[tuple[str, str]], *, progress: bool = True, log=print) -> TrainResult:
+def train(recipe: Recipe, pairs: list[Pair], *, progress: bool = True, log=print) -> TrainResult:
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from tqdm import tqdm
@@ -134,7 +137,7 @@ def train(recipe: Recipe, pairs: list[tuple[str, str]], *, progress: bool = True
 
     tokenizer = AutoTokenizer.from_pretrained(target_dir)
     fmt = Formatter.for_target(tokenizer, recipe.target)
-    encoded = [fmt.encode(p, a, cfg.max_seq_len) for p, a in pairs]
+    encoded = [fmt.encode(p, a, cfg.max_seq_len, keep) for p, a, keep in pairs]
     examples = [Example(*e) for e in encoded if e is not None]
     if len(encoded) - len(examples):
         log(f"skipped {len(encoded) - len(examples)} pairs whose prompt alone exceeds train.max_seq_len")
@@ -264,7 +267,7 @@ def train(recipe: Recipe, pairs: list[tuple[str, str]], *, progress: bool = True
 
         gguf_adapter = out / "adapter.gguf"
         lora_gguf.write(model, gguf_adapter, lora_gguf.gguf_arch(model.get_base_model().config, recipe.target.model))
-        gguf_check = check_gguf_adapter(recipe.target.model, gguf_adapter, merged, fmt, pairs[:3])
+        gguf_check = check_gguf_adapter(recipe.target.model, gguf_adapter, merged, fmt, [p[:2] for p in pairs[:3]])
         log(
             f"GGUF LoRA check against the merged model: max |Δ log p| = {gguf_check['max_abs_diff']:.4f} "
             f"over {gguf_check['tokens']} tokens"

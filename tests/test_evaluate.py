@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from conftest import recipe_dict, write_recipe
+from tinymodels import write_tiny_llama
+
+from tskd_lite import pipeline
+from tskd_lite.cli import main
+from tskd_lite.errors import TskdError
+from tskd_lite.evaluate import EvalItem, match, normalise_answer, read_eval_file
+from tskd_lite.recipe import load_recipe
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Paris", "paris"),
+        ("  The   Sun. ", "the sun"),
+        ("1,000 apples!", "1000 apples"),
+        ("3.50", "3.5"),
+        ("7.0", "7"),
+        ("It is 2.5 m.", "it is 2.5 m"),
+        ("H₂O", "h2o"),
+        ("Carbon-dioxide", "carbon dioxide"),
+        ("Mars?!", "mars"),
+    ],
+)
+def test_normalise_answer(text, expected):
+    assert normalise_answer(text) == expected
+
+
+def test_exact_and_contains_match():
+    item = EvalItem("Largest planet?", "Jupiter", ("planet Jupiter",))
+    assert match("Jupiter.", item) == (True, True)
+    assert match("Planet Jupiter\nIt is a gas giant.", item) == (True, True)
+    assert match("The largest planet is Jupiter.", item) == (False, True)
+    assert match("Jupiterlike worlds", item) == (False, False)  # whole words only
+    assert match("", item) == (False, False)
+    assert match("1,000", EvalItem("n?", "1000")) == (True, True)
+
+
+def test_eval_file_errors_name_the_line(tmp_path):
+    bad = tmp_path / "eval.jsonl"
+    bad.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "c"}\n')
+    with pytest.raises(TskdError, match=r"eval.jsonl:2: expected"):
+        read_eval_file(bad, "r.toml: eval.file")
+    bad.write_text("")
+    with pytest.raises(TskdError, match="holds no items"):
+        read_eval_file(bad, "r.toml: eval.file")
+
+
+def test_full_run_reports_four_rows(tiny, tmp_path):
+    target = write_tiny_llama(tmp_path / "target.gguf", seed=5)
+    items = [{"prompt": f"What is {a} plus {b}?", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (5, 6)]]
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    raw = recipe_dict(tiny, tmp_path / "run" / "pool.db")
+    raw["expand"]["rounds"] = 1
+    raw["target"] = {"model": target}
+    raw["train"] = {"rank": 4, "epochs": 1, "batch_size": 4, "max_seq_len": 96}
+    raw["eval"] = {"file": "eval.jsonl", "max_answer_tokens": 6}
+    recipe = load_recipe(write_recipe(tmp_path / "r.toml", raw))
+    pipeline.run_all(recipe, progress=False, log=lambda _: None)
+    run_dir = tmp_path / "run"
+    report = json.loads((run_dir / "report.json").read_text())
+    assert [r["name"] for r in report["eval"]] == ["teacher", "base", "target before", "target after"]
+    assert all(r["n"] == 3 for r in report["eval"])
+    # teacher and target differ in weights, so their reference NLLs are separate measurements
+    assert len({round(r["nll_per_byte"], 6) for r in report["eval"]}) == 4
+    md = (run_dir / "report.md").read_text()
+    for name in ("| teacher |", "| base |", "| target before |", "| target after |", "gap_hist.png", "loss.png"):
+        assert name in md
+    assert (run_dir / "gap_hist.png").stat().st_size > 1000 and (run_dir / "loss.png").stat().st_size > 1000
+    (run_dir / "report.md").unlink()
+    rebuilt = CliRunner().invoke(main, ["report", str(run_dir)])
+    assert rebuilt.exit_code == 0 and (run_dir / "report.md").read_text() == md
+    missing = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert missing.exit_code == 1 and "not a run folder" in missing.output

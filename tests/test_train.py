@@ -1,0 +1,187 @@
+"""Training and evaluation of the target on tiny models: masking, learning, adapters, GGUF export, resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import recipe_dict, write_recipe
+from tinymodels import write_tiny_llama
+
+from tskd_lite import pipeline
+from tskd_lite.recipe import Target, load_recipe
+from tskd_lite.target import Formatter, hf_dir
+from tskd_lite.train import read_pairs, train
+
+PAIRS = [(f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.", None) for a in range(4) for b in range(3)]
+
+
+@pytest.fixture(scope="module")
+def target_gguf(tmp_path_factory) -> Path:
+    return write_tiny_llama(tmp_path_factory.mktemp("target") / "target.gguf", seed=5)
+
+
+def _recipe(tiny, target_gguf, tmp_path, **train):
+    raw = recipe_dict(tiny, tmp_path / "run" / "pool.db")
+    raw["target"] = {"model": target_gguf, "cache": tmp_path.parent / (tmp_path.name + "-target.hf")}
+    raw["train"] = {
+        "rank": 4,
+        "alpha": 8,
+        "epochs": 4,
+        "batch_size": 4,
+        "max_seq_len": 96,
+        "learning_rate": 1e-2,
+        "dropout": 0.0,
+        **train,
+    }
+    return load_recipe(write_recipe(tmp_path / "r.toml", raw))
+
+
+def test_answer_only_masking_on_a_hand_built_example(target_gguf, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(hf_dir(Target(model=target_gguf, cache=tmp_path / "hf"), log=lambda _: None))
+    fmt = Formatter.for_target(tok, Target(model=target_gguf))
+    ids, labels = fmt.encode("Hi?", "Yo.", max_len=64)
+    prompt = "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert tok.decode(ids[:n_prompt]) == prompt
+    assert labels[:n_prompt] == [-100] * n_prompt
+    assert tok.decode(labels[n_prompt:]) == "Yo.<|im_end|>\n"  # the answer and its end-of-turn carry the loss
+    plain = Formatter(tok, None)
+    ids, labels = plain.encode("Hi?", "Yo.", max_len=64)
+    assert tok.decode(ids) == "Question: Hi?\nAnswer: Yo.<|im_end|>"
+    assert tok.decode([t for t in labels if t != -100]) == " Yo.<|im_end|>"
+    assert plain.encode("x" * 100, "y", max_len=64) is None
+
+
+def test_training_lowers_the_loss_and_exports_adapters(tiny, target_gguf, tmp_path):
+    recipe = _recipe(tiny, target_gguf, tmp_path)
+    result = train(recipe, PAIRS, progress=False, log=lambda _: None)
+    losses = [p["loss"] for p in result.curve]
+    assert result.steps == 4 * 3 and result.n_train + result.n_val == len(PAIRS) and result.n_val == 1
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
+    vals = [p["val_loss"] for p in result.curve if p.get("val_loss") is not None]
+    assert len(vals) == 4  # one per epoch
+
+    # the saved PEFT adapter reloads to the same function as the merged safetensors model
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(hf_dir(recipe.target), dtype=torch.float32)
+    adapted = PeftModel.from_pretrained(base, result.out_dir / "adapter").eval()
+    merged = AutoModelForCausalLM.from_pretrained(result.out_dir / "merged", dtype=torch.float32).eval()
+    ids = torch.tensor([[5, 80, 33, 101, 7, 9]])
+    with torch.no_grad():
+        a, m = adapted(ids).logits, merged(ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(hf_dir(recipe.target), dtype=torch.float32)(ids).logits
+    assert torch.allclose(a, m, atol=1e-4)
+    assert (a - plain).abs().max() > 1e-2  # training changed the model
+
+    # the GGUF LoRA (all linear layers, llama's permuted Q and K included) agrees in llama.cpp
+    assert result.gguf_adapter.is_file()
+    assert result.gguf_check["tokens"] > 20 and result.gguf_check["max_abs_diff"] < 2e-3
+
+
+def test_qlora_code_path_runs_on_this_machine(tiny, target_gguf, tmp_path, capsys):
+    recipe = _recipe(tiny, target_gguf, tmp_path, quantize="nf4", epochs=1)
+    try:
+        result = train(recipe, PAIRS, progress=False, log=lambda _: None)
+    except (RuntimeError, NotImplementedError) as e:  # a bitsandbytes build without a CPU backend
+        with capsys.disabled():
+            print(f"\nQLoRA path skipped: bitsandbytes cannot run NF4 here ({e})")
+        pytest.skip(f"bitsandbytes NF4 unavailable: {e}")
+    assert result.mode.startswith("QLoRA (NF4")
+    assert all(np.isfinite(p["loss"]) for p in result.curve) and result.steps == 3
+    assert (result.out_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_killed_training_resumes_from_its_checkpoint(tiny, target_gguf, tmp_path):
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "killed").mkdir()
+    clean = _recipe(tiny, target_gguf, tmp_path / "clean", epochs=6, checkpoint_every=2)
+    killed = _recipe(tiny, target_gguf, tmp_path / "killed", epochs=6, checkpoint_every=2)
+    hf_dir(clean.target)  # convert once up front so the subprocess goes straight to training
+    hf_dir(killed.target)
+    for r in (clean, killed):
+        r.output.export_path.parent.mkdir(parents=True)
+        r.output.export_path.write_text(
+            "".join(
+                json.dumps({"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]}) + "\n"
+                for p, a, _ in PAIRS
+            )
+        )
+    reference = pipeline.train_target(clean, progress=False, log=lambda _: None)
+
+    cmd = [sys.executable, "-m", "tskd_lite", "train", "--quiet", str(killed.path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    state = killed.output.run_dir / "train" / "checkpoint" / "state.json"
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        if state.is_file() and json.loads(state.read_text())["step"] >= 6:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training finished before the kill; nothing was interrupted"
+    resumed = subprocess.run(cmd, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming training from the checkpoint at step" in resumed.stdout
+    result = json.loads((killed.output.run_dir / "train" / "train.json").read_text())
+    ref_losses = [p["loss"] for p in reference.curve]
+    np.testing.assert_allclose([p["loss"] for p in result["curve"]], ref_losses, rtol=1e-4)
+
+
+def test_read_pairs_reads_both_export_formats(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}]})
+        + "\n"
+        + json.dumps({"instruction": "Q2", "input": "ctx", "output": "A2"})
+        + "\n"
+    )
+    assert read_pairs(path) == [("Q1", "A1"), ("Q2\n\nctx", "A2")]
+
+
+def test_top_token_spans_on_hand_numbers():
+    from tskd_lite.select import top_token_spans
+
+    # lifts: 0.1, 2.0, -1.0, 1.5 over tokens ending at bytes 3, 5, 9, 12
+    spans = top_token_spans([-1.0, -0.5, -3.0, -0.5], [-1.1, -2.5, -2.0, -2.0], [3, 5, 9, 12], 0.5)
+    assert spans == [(3, 5), (9, 12)]
+    assert top_token_spans([-1.0], [-2.0], [4], 0.01) == [(0, 4)]  # at least one token per answer
+
+
+def test_token_selection_masks_answer_tokens_outside_the_spans(target_gguf, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(hf_dir(Target(model=target_gguf, cache=tmp_path / "hf"), log=lambda _: None))
+    fmt = Formatter.for_target(tok, Target(model=target_gguf))
+    full_ids, full_labels = fmt.encode("Hi?", "abcdef", max_len=64)
+    ids, labels = fmt.encode("Hi?", "abcdef", max_len=64, keep=[(1, 3)])
+    assert ids == full_ids
+    carried = tok.decode([t for t in labels if t != -100])
+    assert carried == "bc<|im_end|>\n"  # byte-level tokens: b and c, then the end of turn
+    assert sum(t != -100 for t in full_labels) == len("abcdef") + len(tok("<|im_end|>\n")["input_ids"])
+
+
+def test_token_level_selection_trains_from_the_store(tiny, target_gguf, tmp_path):
+    recipe = _recipe(tiny, target_gguf, tmp_path, token_top_fraction=0.3, epochs=1)
+    pipeline.run(recipe, progress=False, log=lambda _: None)
+    logs = []
+    result = pipeline.train_target(recipe, progress=False, log=logs.append)
+    assert any("token-level selection" in line for line in logs)
+    (tmp_path / "full").mkdir()
+    full = _recipe(tiny, target_gguf, tmp_path / "full", epochs=1)
+    pipeline.run(full, progress=False, log=lambda _: None)
+    everything = pipeline.train_target(full, progress=False, log=lambda _: None)
+    # the same pairs and steps, but roughly 30% of the answer tokens carry the loss
+    assert result.steps == everything.steps
+    assert 0.2 < result.answer_tokens / everything.answer_tokens < 0.6
