@@ -44,6 +44,12 @@ def _recipe(tiny, target_gguf, tmp_path, **train):
     return load_recipe(write_recipe(tmp_path / "r.toml", raw))
 
 
+def _train(recipe):
+    return train(
+        recipe.target, recipe.train, recipe.output.run_dir / "train", PAIRS, progress=False, log=lambda _: None
+    )
+
+
 def test_answer_only_masking_on_a_hand_built_example(target_gguf, tmp_path):
     from transformers import AutoTokenizer
 
@@ -60,11 +66,13 @@ def test_answer_only_masking_on_a_hand_built_example(target_gguf, tmp_path):
     assert tok.decode(ids) == "Question: Hi?\nAnswer: Yo.<|im_end|>"
     assert tok.decode([t for t in labels if t != -100]) == " Yo.<|im_end|>"
     assert plain.encode("x" * 100, "y", max_len=64) is None
+    _, labels = fmt.encode("Hi?", "Yo.", max_len=64, template_loss=False)  # evaluation scores the answer alone
+    assert tok.decode([t for t in labels if t != -100]) == "Yo."
 
 
 def test_training_lowers_the_loss_and_exports_adapters(tiny, target_gguf, tmp_path):
     recipe = _recipe(tiny, target_gguf, tmp_path)
-    result = train(recipe, PAIRS, progress=False, log=lambda _: None)
+    result = _train(recipe)
     losses = [p["loss"] for p in result.curve]
     assert result.steps == 4 * 3 and result.n_train + result.n_val == len(PAIRS) and result.n_val == 1
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
@@ -93,7 +101,7 @@ def test_training_lowers_the_loss_and_exports_adapters(tiny, target_gguf, tmp_pa
 def test_qlora_code_path_runs_on_this_machine(tiny, target_gguf, tmp_path, capsys):
     recipe = _recipe(tiny, target_gguf, tmp_path, quantize="nf4", epochs=1)
     try:
-        result = train(recipe, PAIRS, progress=False, log=lambda _: None)
+        result = _train(recipe)
     except (RuntimeError, NotImplementedError) as e:  # a bitsandbytes build without a CPU backend
         with capsys.disabled():
             print(f"\nQLoRA path skipped: bitsandbytes cannot run NF4 here ({e})")
@@ -125,7 +133,11 @@ def test_killed_training_resumes_from_its_checkpoint(tiny, target_gguf, tmp_path
     state = killed.output.run_dir / "train" / "checkpoint" / "state.json"
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline:
-        if state.is_file() and json.loads(state.read_text())["step"] >= 6:
+        try:
+            step = json.loads(state.read_text())["step"]
+        except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or mid-swap
+            step = 0
+        if step >= 6:
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.01)
@@ -147,7 +159,7 @@ def test_read_pairs_reads_both_export_formats(tmp_path):
         + json.dumps({"instruction": "Q2", "input": "ctx", "output": "A2"})
         + "\n"
     )
-    assert read_pairs(path) == [("Q1", "A1"), ("Q2\n\nctx", "A2")]
+    assert read_pairs(path) == [("Q1", "A1", None), ("Q2\n\nctx", "A2", None)]
 
 
 def test_top_token_spans_on_hand_numbers():
@@ -185,3 +197,22 @@ def test_token_level_selection_trains_from_the_store(tiny, target_gguf, tmp_path
     # the same pairs and steps, but roughly 30% of the answer tokens carry the loss
     assert result.steps == everything.steps
     assert 0.2 < result.answer_tokens / everything.answer_tokens < 0.6
+
+
+def test_answer_only_logits_give_the_full_model_loss(target_gguf, tmp_path):
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tskd_lite.train import Example, answer_loss, collate
+
+    model_dir = hf_dir(Target(model=target_gguf, cache=tmp_path / "hf"), log=lambda _: None)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    fmt = Formatter.for_target(tok, Target(model=target_gguf))
+    examples = [Example(*fmt.encode(p, a, 96)) for p, a, _ in PAIRS[:5]]
+    lean, n = answer_loss(model, examples, 0, "cpu")
+    ids, labels, mask = collate(examples, 0)
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    full = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+    assert n == int((labels[:, 1:] != -100).sum())
+    assert lean.item() == pytest.approx(full.item(), abs=1e-5)

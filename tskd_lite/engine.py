@@ -31,17 +31,22 @@ class Engine:
         self.role = role
         self.spec = spec
         self._template = None
+        from llama_cpp._utils import suppress_stdout_stderr
+
         try:
-            self.llm = llama_cpp.Llama(
-                model_path=str(spec.model),
-                lora_path=str(spec.lora) if spec.lora else None,
-                lora_scale=spec.lora_scale,
-                n_ctx=spec.n_ctx,
-                # llama-cpp-python's default is half the cores for generation; this machine class has 2.
-                n_threads=threads or os.cpu_count(),
-                n_threads_batch=threads or os.cpu_count(),
-                verbose=False,
-            )
+            # llama.cpp prints notices at load (SWA cache, LoRA buffer fallbacks) whatever the verbosity;
+            # a failed load still raises, with its reason, below.
+            with suppress_stdout_stderr(disable=False):
+                self.llm = llama_cpp.Llama(
+                    model_path=str(spec.model),
+                    lora_path=str(spec.lora) if spec.lora else None,
+                    lora_scale=spec.lora_scale,
+                    n_ctx=spec.n_ctx,
+                    # llama-cpp-python's default is half the cores for generation; this machine class has 2.
+                    n_threads=threads or os.cpu_count(),
+                    n_threads_batch=threads or os.cpu_count(),
+                    verbose=False,
+                )
         except (ValueError, RuntimeError) as e:
             raise TskdError(f"{role}.model: llama.cpp could not load {spec.model} ({e})") from None
         self._llama_cpp = llama_cpp

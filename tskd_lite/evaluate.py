@@ -126,11 +126,14 @@ def eval_transformers(
                 input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens, do_sample=False, pad_token_id=pad
             )
             predictions += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-            for head, item in zip(heads, chunk, strict=True):
-                tail = tokenizer(item.answer, add_special_tokens=False)["input_ids"]
-                logits = model(torch.tensor([head + tail])).logits[0, len(head) - 1 : -1].double()
-                lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(tail)[:, None]).sum().item()
-                nll.append(-lp / len(item.answer.encode()))
+            for item in chunk:
+                # The reference as the target would write it after its prompt (the plain template's leading
+                # space included), counting the answer's tokens only, not the end-of-turn marker.
+                ids, labels = fmt.encode(item.prompt, item.answer, 1 << 20, template_loss=False)
+                logits = model(torch.tensor([ids])).logits[0, :-1].double()
+                target = torch.tensor(labels[1:])
+                lp = torch.log_softmax(logits[target != -100], -1).gather(1, target[target != -100][:, None])
+                nll.append(-lp.sum().item() / len(item.answer.encode()))
     return _row(name, "transformers", items, predictions, nll)
 
 

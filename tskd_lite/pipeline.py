@@ -117,8 +117,10 @@ def train_target(recipe: Recipe, *, progress: bool = True, log: Log = print):
     path = recipe.output.export_path
     if not path.is_file():
         raise TskdError(f"{path}: no dataset yet; run the recipe first")
+    if recipe.target is None:
+        raise TskdError(f"{recipe.path}: target: a [target] table is needed to train")
     pairs = read_pairs(path) if recipe.train.token_top_fraction == 1.0 else _token_selected_pairs(recipe, log)
-    result = train(recipe, pairs, progress=progress, log=log)
+    result = train(recipe.target, recipe.train, recipe.output.run_dir / "train", pairs, progress=progress, log=log)
     log(
         f"trained the target: {result.mode}, {result.steps} steps, {result.tokens_per_s:.0f} answer tokens/s; "
         f"adapter in {result.out_dir}"

@@ -217,7 +217,9 @@ def _markdown(report: dict, plots: list[str]) -> str:
             out.append(
                 f"- GGUF LoRA adapter `{Path(t['gguf_adapter']).name}` on the target GGUF in llama.cpp vs the "
                 f"merged model in transformers: max |Δ log p| {g['max_abs_diff']:.4f}, mean "
-                f"{g['mean_abs_diff']:.4f} over {g['tokens']} tokens"
+                f"{g['mean_abs_diff']:.4f} over {g['tokens']} tokens (the same comparison without the adapter, "
+                f"i.e. the two runtimes on the GGUF's quantized weights: max {g['base_max_abs_diff']:.4f}, mean "
+                f"{g['base_mean_abs_diff']:.4f})"
             )
         out.append("")
     out += [f"![{name}]({name})" for name in plots]

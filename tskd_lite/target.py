@@ -102,27 +102,36 @@ class Formatter:
         return self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
 
     def encode(
-        self, prompt: str, answer: str, max_len: int, keep: list[tuple[int, int]] | None = None
+        self,
+        prompt: str,
+        answer: str,
+        max_len: int,
+        keep: list[tuple[int, int]] | None = None,
+        template_loss: bool = True,
     ) -> tuple[list[int], list[int]] | None:
         """(input_ids, labels) with labels -100 on the prompt; None where the prompt alone fills max_len.
 
         keep: byte spans of the answer that carry the loss (token-level selection); answer tokens outside every
-        span get -100, while template tokens around the answer (end of turn) always carry it.
+        span get -100. template_loss: whether template tokens around the answer (end of turn) carry it too.
         """
         head = self.prompt_ids(prompt)
         if len(head) >= max_len:
             return None
         text = self.answer_text(prompt, answer)
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=keep is not None)
+        partial = keep is not None or not template_loss
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=partial)
         tail, labels = enc["input_ids"], list(enc["input_ids"])
-        if keep is not None:
+        if partial:
             start = text.find(answer)  # templates that rewrite the answer fall back to its start
             offset = len(text[: max(start, 0)].encode())
             n_answer = len(answer.encode())
+            spans = keep if keep is not None else [(0, n_answer)]
             for j, (c0, c1) in enumerate(enc["offset_mapping"]):
                 b0, b1 = len(text[:c0].encode()) - offset, len(text[:c1].encode()) - offset
                 in_answer = b1 > 0 and b0 < n_answer
-                if in_answer and not any(b0 < end and begin < b1 for begin, end in keep):
+                if in_answer and not any(b0 < end and begin < b1 for begin, end in spans):
+                    labels[j] = -100
+                elif not in_answer and not template_loss:
                     labels[j] = -100
         ids = (head + tail)[:max_len]
         return ids, ([-100] * len(head) + labels)[:max_len]

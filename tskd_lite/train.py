@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tskd_lite.errors import TskdError
-from tskd_lite.recipe import Recipe, Train
+from tskd_lite.recipe import Target, Train
 from tskd_lite.target import Formatter, hf_dir, quiet_transformers
 
 
@@ -77,14 +77,24 @@ def collate(examples: list[Example], pad_id: int):
 
 
 def answer_loss(model, examples: list[Example], pad_id: int, device) -> tuple:
-    """Mean cross-entropy over answer tokens of a batch (labels -100 elsewhere), and the answer-token count."""
+    """Mean cross-entropy over answer tokens of a batch (labels -100 elsewhere), and the answer-token count.
+
+    The output layer runs only at the positions that predict an answer token: with Gemma 3's 262k-token
+    vocabulary it is most of the model's cost, and prompt and padding positions would spend it for nothing.
+    """
+    import torch
     import torch.nn.functional as F
 
     ids, labels, mask = (t.to(device) for t in collate(examples, pad_id))
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = causal_lm.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
     target = labels[:, 1:]
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=-100)
-    return loss, int((target != -100).sum())
+    wanted = target != -100
+    logits = causal_lm.get_output_embeddings()(hidden[wanted])
+    cap = getattr(causal_lm.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return F.cross_entropy(logits.float(), target[wanted]), int(wanted.sum())
 
 
 def _fingerprint(cfg: Train, examples: list[Example], target_dir: Path, mode: str) -> str:
@@ -114,19 +124,16 @@ class TrainResult:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
 
 
-def train(recipe: Recipe, pairs: list[Pair], *, progress: bool = True, log=print) -> TrainResult:
+def train(target: Target, cfg: Train, out: Path, pairs: list[Pair], *, progress: bool = True, log=print) -> TrainResult:
+    """Fine-tune target with LoRA on pairs; adapter, merged model and (for a GGUF target) GGUF LoRA go to out."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
-    if recipe.target is None:
-        raise TskdError(f"{recipe.path}: target: a [target] table is needed to train")
     quiet_transformers()
-    cfg = recipe.train
-    out = recipe.output.run_dir / "train"
     out.mkdir(parents=True, exist_ok=True)
-    target_dir = hf_dir(recipe.target, log)
+    target_dir = hf_dir(target, log)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     quantize = cfg.quantize == "nf4" or (cfg.quantize == "auto" and cuda)
@@ -136,13 +143,13 @@ def train(recipe: Recipe, pairs: list[Pair], *, progress: bool = True, log=print
         log(f"no CUDA GPU found: training {mode}")
 
     tokenizer = AutoTokenizer.from_pretrained(target_dir)
-    fmt = Formatter.for_target(tokenizer, recipe.target)
+    fmt = Formatter.for_target(tokenizer, target)
     encoded = [fmt.encode(p, a, cfg.max_seq_len, keep) for p, a, keep in pairs]
     examples = [Example(*e) for e in encoded if e is not None]
     if len(encoded) - len(examples):
         log(f"skipped {len(encoded) - len(examples)} pairs whose prompt alone exceeds train.max_seq_len")
     if len(examples) < 2:
-        raise TskdError(f"{recipe.path}: train: need at least 2 usable pairs, the dataset has {len(examples)}")
+        raise TskdError(f"train: need at least 2 usable pairs, the dataset has {len(examples)}")
     train_set, val_set = split(examples, cfg.val_fraction, cfg.seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -262,15 +269,16 @@ def train(recipe: Recipe, pairs: list[Pair], *, progress: bool = True, log=print
     model.save_pretrained(adapter_dir)
     merged = _merge(target_dir, adapter_dir, out / "merged", tokenizer)
     gguf_adapter, gguf_check = None, None
-    if not recipe.target.model.is_dir():
+    if not target.model.is_dir():
         from tskd_lite import lora_gguf
 
         gguf_adapter = out / "adapter.gguf"
-        lora_gguf.write(model, gguf_adapter, lora_gguf.gguf_arch(model.get_base_model().config, recipe.target.model))
-        gguf_check = check_gguf_adapter(recipe.target.model, gguf_adapter, merged, fmt, [p[:2] for p in pairs[:3]])
+        lora_gguf.write(model, gguf_adapter, lora_gguf.gguf_arch(model.get_base_model().config, target.model))
+        gguf_check = check_gguf_adapter(target.model, gguf_adapter, target_dir, merged, fmt, [p[:2] for p in pairs[:3]])
         log(
-            f"GGUF LoRA check against the merged model: max |Δ log p| = {gguf_check['max_abs_diff']:.4f} "
-            f"over {gguf_check['tokens']} tokens"
+            f"GGUF LoRA in llama.cpp vs merged model in transformers: mean |Δ log p| {gguf_check['mean_abs_diff']:.4f}"
+            f" (max {gguf_check['max_abs_diff']:.4f}) over {gguf_check['tokens']} tokens; without the adapter "
+            f"{gguf_check['base_mean_abs_diff']:.4f} (max {gguf_check['base_max_abs_diff']:.4f})"
         )
     shutil.rmtree(ckpt, ignore_errors=True)
     result = TrainResult(
@@ -328,27 +336,38 @@ def _merge(target_dir: Path, adapter_dir: Path, merged_dir: Path, tokenizer) -> 
 
 
 def check_gguf_adapter(
-    target_gguf: Path, adapter: Path, merged_dir: Path, fmt: Formatter, pairs: list[tuple[str, str]]
+    target_gguf: Path, adapter: Path, target_dir: Path, merged_dir: Path, fmt: Formatter, pairs: list[tuple[str, str]]
 ) -> dict:
-    """Log-probs of a few answers under llama.cpp (target GGUF + GGUF LoRA) against the merged model in
-    transformers, on the same token ids."""
+    """Log-probs of a few answers in llama.cpp (target GGUF + GGUF LoRA) against the merged model in transformers,
+    on the same token ids; and, as the yardstick, the same comparison without the adapter: on a quantized GGUF the
+    two runtimes already disagree by the quantization, and the adapter should add nothing beyond it."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from tskd_lite.engine import Engine
     from tskd_lite.recipe import ModelSpec
 
-    engine = Engine(ModelSpec(model=target_gguf, lora=adapter, n_ctx=512), role="target")
-    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
-    diffs = []
+    ids = []
     for prompt, answer in pairs:
-        head = fmt.prompt_ids(prompt)
-        tail = fmt.tokenizer(answer, add_special_tokens=False)["input_ids"][:64]
-        lp_cpp = engine.logprobs_of_ids(head, tail)
-        with torch.no_grad():
-            logits = merged(torch.tensor([head + tail])).logits[0, len(head) - 1 : -1].double()
-        lp_hf = torch.log_softmax(logits, -1).gather(1, torch.tensor(tail)[:, None])[:, 0].numpy()
-        diffs.append(np.abs(lp_cpp - lp_hf))
-    engine.close()
-    d = np.concatenate(diffs)
-    return {"max_abs_diff": float(d.max()), "mean_abs_diff": float(d.mean()), "tokens": int(d.size)}
+        ids.append((fmt.prompt_ids(prompt), fmt.tokenizer(answer, add_special_tokens=False)["input_ids"][:64]))
+
+    def disagreement(lora: Path | None, hf_dir: Path) -> np.ndarray:
+        engine = Engine(ModelSpec(model=target_gguf, lora=lora, n_ctx=512), role="target")
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+        diffs = []
+        for head, tail in ids:
+            with torch.no_grad():
+                logits = model(torch.tensor([head + tail])).logits[0, len(head) - 1 : -1].double()
+            lp_hf = torch.log_softmax(logits, -1).gather(1, torch.tensor(tail)[:, None])[:, 0].numpy()
+            diffs.append(np.abs(engine.logprobs_of_ids(head, tail) - lp_hf))
+        engine.close()
+        return np.concatenate(diffs)
+
+    adapted, plain = disagreement(adapter, merged_dir), disagreement(None, target_dir)
+    return {
+        "max_abs_diff": float(adapted.max()),
+        "mean_abs_diff": float(adapted.mean()),
+        "tokens": int(adapted.size),
+        "base_max_abs_diff": float(plain.max()),
+        "base_mean_abs_diff": float(plain.mean()),
+    }
