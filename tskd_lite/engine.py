@@ -1,13 +1,19 @@
-"""A GGUF model served in-process by llama.cpp: chat template, generation and answer log-probs.
+"""A GGUF model served in-process by llama.cpp: chat template, batched generation and batched answer log-probs.
 
-Scoring decodes the prompt and answer in one pass and asks llama.cpp for logits only at the positions that
-predict answer tokens, so no full-vocabulary row is produced for prompt tokens (logits_all stays off).
+Both jobs run on one llama.cpp context that holds `parallel` sequences in a shared KV cache, so several prompts
+are decoded per call instead of one: on a 2-core CPU a decode of one short sequence leaves most of the matrix
+units idle. Scoring asks for logits only at the positions that predict answer tokens (no vocabulary-wide row
+for any prompt token). The same code serves parallel = 1, the one-at-a-time path the benchmark compares against.
+
+A group's results depend only on the group (its members and their order), never on what ran before, since the
+cache is cleared per group: callers that commit whole groups get bit-identical results after a resume.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +21,10 @@ import numpy as np
 from tskd_lite.chat import compile_template
 from tskd_lite.errors import TskdError
 from tskd_lite.recipe import ModelSpec
+
+# Scoring copies out one vocabulary-wide row of logits per answer token; this caps those rows per decode call
+# (about 256 MB of float32 whatever the vocabulary: 256 rows of Gemma 3's 262k tokens, 1365 of SmolLM2's 49k).
+LOGIT_BUDGET = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -25,31 +35,43 @@ class Generation:
 
 
 class Engine:
-    def __init__(self, spec: ModelSpec, *, role: str, threads: int = 0) -> None:
+    def __init__(self, spec: ModelSpec, *, role: str, threads: int = 0, parallel: int = 8) -> None:
         import llama_cpp
-
-        self.role = role
-        self.spec = spec
-        self._template = None
+        from llama_cpp import _internals
         from llama_cpp._utils import suppress_stdout_stderr
 
+        self.role, self.spec, self.parallel = role, spec, parallel
+        self._template = None
+        self._llama_cpp = llama_cpp
         try:
             # llama.cpp prints notices at load (SWA cache, LoRA buffer fallbacks) whatever the verbosity;
             # a failed load still raises, with its reason, below.
             with suppress_stdout_stderr(disable=False):
+                # The Llama object provides the model, vocabulary and LoRA adapter; its own small context is unused.
                 self.llm = llama_cpp.Llama(
                     model_path=str(spec.model),
                     lora_path=str(spec.lora) if spec.lora else None,
                     lora_scale=spec.lora_scale,
-                    n_ctx=spec.n_ctx,
+                    n_ctx=64,
                     # llama-cpp-python's default is half the cores for generation; this machine class has 2.
                     n_threads=threads or os.cpu_count(),
                     n_threads_batch=threads or os.cpu_count(),
                     verbose=False,
                 )
+                params = type(self.llm.context_params).from_buffer_copy(self.llm.context_params)
+                params.n_ctx = params.n_batch = spec.n_ctx * parallel
+                params.n_ubatch = 512
+                params.n_seq_max = parallel
+                params.kv_unified = True  # sequences share one cache; a group's tokens together fit n_ctx * parallel
+                self._ctx = _internals.LlamaContext(model=self.llm._model, params=params, verbose=False)
         except (ValueError, RuntimeError) as e:
             raise TskdError(f"{role}.model: llama.cpp could not load {spec.model} ({e})") from None
-        self._llama_cpp = llama_cpp
+        if self.llm._lora_adapter is not None:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self.llm._lora_adapter)
+            scales = (ctypes.c_float * 1)(spec.lora_scale)
+            if llama_cpp.llama_set_adapters_lora(self._ctx.ctx, adapters, 1, scales):
+                raise TskdError(f"{role}.lora: llama.cpp could not apply {spec.lora}")
+        self._batch = _internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=False)
         self.n_vocab = self.llm.n_vocab()
         self.bos_id = self.llm.token_bos()
         self.bos_text = self._piece(self.bos_id)
@@ -59,6 +81,8 @@ class Engine:
         if token < 0:
             return ""
         return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    # text and tokens ----------------------------------------------------------------------------------------
 
     def render(self, user_text: str) -> str:
         """The user turn wrapped in this model's chat template, ready for the assistant's reply."""
@@ -90,70 +114,142 @@ class Engine:
             ends.append(min(total, n_bytes))
         return ends
 
-    def generate(self, rendered: str, *, max_tokens: int, temperature: float, top_p: float, seed: int) -> Generation:
-        """Sample a reply to an already rendered prompt; the same seed gives the same reply."""
-        prompt = self.tokenize_prompt(rendered)
-        budget = min(max_tokens, self.spec.n_ctx - len(prompt))
-        if budget <= 0:
+    # the batch ---------------------------------------------------------------------------------------------
+
+    def _clear(self) -> None:
+        self._llama_cpp.llama_memory_clear(self._ctx.memory, True)
+        self._batch.batch.n_tokens = 0
+
+    def _add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        """Append one token to the batch; return its index there (where its logits will be)."""
+        b = self._batch.batch
+        i = b.n_tokens
+        b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0], b.logits[i] = token, pos, 1, seq, logits
+        b.n_tokens = i + 1
+        return i
+
+    def _decode(self) -> None:
+        self._ctx.decode(self._batch)
+        self._batch.batch.n_tokens = 0
+
+    def _check_fits(self, n_tokens: int, what: str) -> None:
+        if n_tokens > self.spec.n_ctx:
             raise TskdError(
-                f"{self.role}.n_ctx: a prompt of {len(prompt)} tokens leaves no room to generate "
-                f"(n_ctx = {self.spec.n_ctx}); raise {self.role}.n_ctx"
+                f"{self.role}.n_ctx: {what} takes {n_tokens} tokens, more than n_ctx = {self.spec.n_ctx}; "
+                f"raise {self.role}.n_ctx"
             )
-        self.llm.reset()  # no KV prefix reuse: a resumed run must decode exactly as an uninterrupted one
-        self.llm.set_seed(seed)
-        out: list[int] = []
-        finish = "length"
-        vocab = self.llm._model.vocab
-        # top_k=0 and min_p=0 switch those samplers off, so temperature and top_p are the recipe's whole say.
-        for token in self.llm.generate(prompt, top_k=0, top_p=top_p, min_p=0.0, temp=temperature, repeat_penalty=1.0):
-            if self._llama_cpp.llama_vocab_is_eog(vocab, token):
-                finish = "stop"
-                break
-            out.append(token)
-            if len(out) >= budget:
-                break
-        text = self.llm.detokenize(out, prev_tokens=prompt).decode("utf-8", errors="ignore")
-        return Generation(text=text, n_tokens=len(out), finish_reason=finish)
+
+    # scoring -----------------------------------------------------------------------------------------------
 
     def answer_logprobs(self, rendered: str, answer: str) -> np.ndarray:
         """log p(answer token i | prompt, answer tokens < i) for each token of the answer."""
-        return self.logprobs_of_ids(self.tokenize_prompt(rendered), self.tokenize_answer(answer))
+        return self.score([(self.tokenize_prompt(rendered), self.tokenize_answer(answer))])[0]
 
-    def logprobs_of_ids(self, prompt: list[int], target: list[int]) -> np.ndarray:
-        """answer_logprobs on token ids, for comparing with another runtime on exactly the same tokens."""
-        seq = prompt + target
-        if len(seq) > self.spec.n_ctx:
-            raise TskdError(
-                f"{self.role}.n_ctx: prompt and answer take {len(seq)} tokens, more than n_ctx = {self.spec.n_ctx}"
-            )
-        llm, ctx, batch = self.llm, self.llm._ctx, self.llm._batch.batch
-        llm.reset()
-        ctx.kv_cache_seq_rm(-1, 0, -1)
-        first = len(prompt) - 1  # the logits at position j predict token j + 1
-        out = np.empty(len(target), dtype=np.float64)
-        for start in range(0, len(seq), llm.n_batch):
-            chunk = seq[start : start + llm.n_batch]
-            wanted = []
-            for i, token in enumerate(chunk):
-                pos = start + i
-                batch.token[i], batch.pos[i] = token, pos
-                batch.n_seq_id[i], batch.seq_id[i][0] = 1, 0
-                batch.logits[i] = first <= pos < len(seq) - 1
-                if batch.logits[i]:
-                    wanted.append((i, pos))
-            batch.n_tokens = len(chunk)
-            if not wanted:
-                batch.logits[len(chunk) - 1] = True  # llama.cpp wants at least one output per batch
-            ctx.decode(llm._batch)
-            for i, pos in wanted:
-                row = np.ctypeslib.as_array(
-                    ctypes.cast(ctx.get_logits_ith(i), ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,)
-                ).astype(np.float64)
-                top = row.max()
-                lse = top + np.log(np.exp(row - top).sum())
-                out[pos - first] = row[seq[pos + 1]] - lse
-        llm.reset()
+    def score(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[np.ndarray]:
+        """answer_logprobs for many (prompt ids, answer ids) pairs, decoded `parallel` sequences at a time."""
+        for prompt, answer in pairs:
+            self._check_fits(len(prompt) + len(answer), "prompt and answer")
+        max_rows = max(1, LOGIT_BUDGET // self.n_vocab)
+        out: list[np.ndarray] = []
+        group: list[tuple[list[int], list[int]]] = []
+        rows = 0
+        for pair in pairs:
+            if group and (len(group) == self.parallel or rows + len(pair[1]) > max_rows):
+                out += self._score_group(group)
+                group, rows = [], 0
+            group.append(pair)
+            rows += len(pair[1])
+        return out + (self._score_group(group) if group else [])
+
+    def _score_group(self, group: list[tuple[list[int], list[int]]]) -> list[np.ndarray]:
+        self._clear()
+        targets = []
+        for seq, (prompt, answer) in enumerate(group):
+            tokens = prompt + answer
+            first = len(prompt) - 1  # the logits at position j predict token j + 1
+            for pos, token in enumerate(tokens):
+                self._add(token, pos, seq, first <= pos < len(tokens) - 1)
+            targets += answer
+        if not targets:
+            return [np.empty(0) for _ in group]
+        self._decode()
+        # Outputs come back contiguous, in batch order: exactly the answer-predicting positions, pair by pair.
+        logits = np.ctypeslib.as_array(
+            ctypes.cast(self._llama_cpp.llama_get_logits(self._ctx.ctx), ctypes.POINTER(ctypes.c_float)),
+            shape=(len(targets), self.n_vocab),
+        )
+        lp = np.empty(len(targets))
+        for start in range(0, len(targets), 64):  # float64 log-softmax, 64 rows at a time to bound memory
+            chunk = logits[start : start + 64].astype(np.float64)
+            top = chunk.max(axis=1, keepdims=True)
+            lse = top[:, 0] + np.log(np.exp(chunk - top).sum(axis=1))
+            idx = np.arange(len(chunk))
+            lp[start : start + len(chunk)] = chunk[idx, targets[start : start + len(chunk)]] - lse
+        ends = np.cumsum([len(answer) for _, answer in group])
+        return np.split(lp, ends[:-1])
+
+    # generation --------------------------------------------------------------------------------------------
+
+    def generate(
+        self, rendered: Sequence[str], *, max_tokens: int, temperature: float, top_p: float, seeds: Sequence[int]
+    ) -> list[Generation]:
+        """Sample a reply to each rendered prompt, `parallel` at a time; a prompt's seed fixes its reply."""
+        prompts = [self.tokenize_prompt(r) for r in rendered]
+        for prompt in prompts:
+            self._check_fits(len(prompt) + 1, "a prompt")
+        out: list[Generation] = []
+        for start in range(0, len(prompts), self.parallel):
+            group = prompts[start : start + self.parallel]
+            out += self._generate_group(group, max_tokens, temperature, top_p, seeds[start : start + self.parallel])
         return out
 
+    def _sampler(self, temperature: float, top_p: float, seed: int):
+        from llama_cpp import _internals
+
+        sampler = _internals.LlamaSampler()
+        if temperature == 0:
+            sampler.add_greedy()
+        else:
+            sampler.add_top_p(top_p, 1)
+            sampler.add_temp(temperature)
+            sampler.add_dist(seed)
+        return sampler
+
+    def _generate_group(self, prompts, max_tokens, temperature, top_p, seeds) -> list[Generation]:
+        self._clear()
+        at = {}  # sequence -> batch index of the logits to sample its next token from
+        for seq, prompt in enumerate(prompts):
+            for pos, token in enumerate(prompt):
+                at[seq] = self._add(token, pos, seq, pos == len(prompt) - 1)
+        self._decode()
+        samplers = [self._sampler(temperature, top_p, seed) for seed in seeds]
+        budgets = [min(max_tokens, self.spec.n_ctx - len(p)) for p in prompts]
+        outs: list[list[int]] = [[] for _ in prompts]
+        finish = ["length"] * len(prompts)
+        vocab = self.llm._model.vocab
+        while at:
+            sampled = {seq: samplers[seq].sample(self._ctx, i) for seq, i in at.items()}
+            at = {}
+            for seq, token in sampled.items():
+                if self._llama_cpp.llama_vocab_is_eog(vocab, token):
+                    finish[seq] = "stop"
+                    continue
+                outs[seq].append(token)
+                if len(outs[seq]) < budgets[seq]:
+                    at[seq] = self._add(token, len(prompts[seq]) + len(outs[seq]) - 1, seq, True)
+            if at:
+                self._decode()
+        for sampler in samplers:
+            sampler.close()
+        return [
+            Generation(
+                text=self.llm.detokenize(o, prev_tokens=p).decode("utf-8", errors="ignore"),
+                n_tokens=len(o),
+                finish_reason=f,
+            )
+            for o, p, f in zip(outs, prompts, finish, strict=True)
+        ]
+
     def close(self) -> None:
+        self._ctx.close()
         self.llm.close()

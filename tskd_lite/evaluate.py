@@ -87,10 +87,18 @@ def eval_llama(name: str, engine, render_with, items: list[EvalItem], max_tokens
     from tqdm import tqdm
 
     predictions, nll = [], []
-    for item in tqdm(items, desc=f"eval {name}", disable=not progress, dynamic_ncols=True):
-        rendered = render_with.render(item.prompt)
-        predictions.append(engine.generate(rendered, max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=0).text)
-        nll.append(-float(np.sum(engine.answer_logprobs(rendered, item.answer))) / len(item.answer.encode()))
+    for start in tqdm(
+        range(0, len(items), engine.parallel), desc=f"eval {name}", disable=not progress, dynamic_ncols=True
+    ):
+        chunk = items[start : start + engine.parallel]
+        rendered = [render_with.render(it.prompt) for it in chunk]
+        gens = engine.generate(rendered, max_tokens=max_tokens, temperature=0.0, top_p=1.0, seeds=[0] * len(chunk))
+        predictions += [g.text for g in gens]
+        pairs = [
+            (engine.tokenize_prompt(r), engine.tokenize_answer(it.answer))
+            for r, it in zip(rendered, chunk, strict=True)
+        ]
+        nll += [-float(lp.sum()) / len(it.answer.encode()) for lp, it in zip(engine.score(pairs), chunk, strict=True)]
     return _row(name, "llama.cpp", items, predictions, nll)
 
 

@@ -22,12 +22,11 @@ from tskd_lite.errors import TskdError
 from tskd_lite.export import export
 from tskd_lite.recipe import Recipe, changed_keys, flatten, recipe_hash
 from tskd_lite.report import write_report, write_run_info
-from tskd_lite.score import score_pair
+from tskd_lite.score import score_pairs
 from tskd_lite.select import decide
 from tskd_lite.store import Store
 
 Log = Callable[[str], None]
-SCORE_COMMIT_EVERY = 8
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ class _Models:
     def _load(self, role: str) -> Engine:
         spec = getattr(self.recipe, role) if role != "generator" else self.recipe.generator_spec
         self.log(f"loading {role}: {spec.model.name}" + (f" + LoRA {spec.lora.name}" if spec.lora else ""))
-        return Engine(spec, role=role, threads=self.recipe.threads)
+        return Engine(spec, role=role, threads=self.recipe.threads, parallel=self.recipe.parallel)
 
     @cached_property
     def teacher(self) -> Engine:
@@ -225,7 +224,7 @@ def _rounds(store: Store, run_id: int, recipe: Recipe, models: _Models, progress
         if round_ > 0:
             _expand(store, run_id, round_, recipe, models, pool, progress)
         _respond(store, run_id, round_, recipe, models, progress)
-        _score(store, run_id, round_, unit, models, progress)
+        _score(store, run_id, round_, unit, models, progress, recipe.parallel)
         selected = store.round_selected(run_id, round_) or _select(store, run_id, round_, recipe)
         kept_total += selected["n_kept"]
         n_scored = len(store.scored(run_id, round_))
@@ -244,6 +243,10 @@ def _bar(progress: bool, desc: str, total: int, initial: int = 0) -> tqdm:
     return tqdm(total=total, initial=initial, desc=desc, unit="item", disable=not progress, dynamic_ncols=True)
 
 
+def _groups(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
 def _expand(
     store: Store, run_id: int, round_: int, recipe: Recipe, models: _Models, pool: Pool, progress: bool
 ) -> None:
@@ -254,42 +257,48 @@ def _expand(
     fewshot = store.kept_prompts_before(run_id, round_)
     generator = models.generator
     with _bar(progress, f"round {round_} expand", cfg.candidates_per_round, start) as bar:
-        for idx in range(start, cfg.candidates_per_round):
-            examples = expand.pick_examples(
-                fewshot, cfg.few_shot, expand.item_seed(recipe.seed, "fewshot", round_, idx)
-            )
+        for group in _groups(list(range(start, cfg.candidates_per_round)), recipe.parallel):
+            examples = {
+                idx: expand.pick_examples(fewshot, cfg.few_shot, expand.item_seed(recipe.seed, "fewshot", round_, idx))
+                for idx in group
+            }
             t0 = time.perf_counter()
-            gen = generator.generate(
-                generator.render(expand.instruction(cfg.instruction, examples)),
+            gens = generator.generate(
+                [generator.render(expand.instruction(cfg.instruction, examples[idx])) for idx in group],
                 max_tokens=cfg.max_prompt_tokens,
                 temperature=cfg.temperature,
                 top_p=cfg.top_p,
-                seed=expand.item_seed(recipe.seed, "expand", round_, idx),
+                seeds=[expand.item_seed(recipe.seed, "expand", round_, idx) for idx in group],
             )
-            text = expand.clean(gen.text)
-            norm = normalise(text)
-            dup = pool.duplicate_of(norm) if norm else None
-            status = "empty" if not norm else "duplicate" if dup is not None else "new"
-            prompt_id = store.insert_prompts(
-                [
+            seconds = (time.perf_counter() - t0) / len(group)
+            rows = []
+            prompt_id = store.next_prompt_id()
+            for idx, gen in zip(group, gens, strict=True):
+                text = expand.clean(gen.text)
+                norm = normalise(text)
+                dup = pool.duplicate_of(norm) if norm else None
+                status = "empty" if not norm else "duplicate" if dup is not None else "new"
+                rows.append(
                     {
+                        "id": prompt_id,
                         "run_id": run_id,
                         "round": round_,
                         "idx": idx,
                         "text": text,
                         "norm": norm,
                         "source": "generated",
-                        "fewshot_ids": _ids(examples),
+                        "fewshot_ids": _ids(examples[idx]),
                         "status": status,
                         "dup_of": dup,
                         "gen_tokens": gen.n_tokens,
-                        "gen_seconds": time.perf_counter() - t0,
+                        "gen_seconds": seconds,
                     }
-                ]
-            )
-            if status == "new":
-                pool.add(prompt_id, norm)
-            bar.update()
+                )
+                if status == "new":
+                    pool.add(prompt_id, norm)
+                prompt_id += 1
+            store.insert_prompts(rows)  # the whole group or none of it: a resume redoes exactly this group
+            bar.update(len(group))
 
 
 def _ids(rows: list[dict]) -> str:
@@ -302,42 +311,41 @@ def _respond(store: Store, run_id: int, round_: int, recipe: Recipe, models: _Mo
         return
     cfg, teacher = recipe.respond, models.teacher
     with _bar(progress, f"round {round_} respond", len(todo)) as bar:
-        for p in todo:
+        for group in _groups(todo, recipe.parallel):
             t0 = time.perf_counter()
-            gen = teacher.generate(
-                teacher.render(p["text"]),
+            gens = teacher.generate(
+                [teacher.render(p["text"]) for p in group],
                 max_tokens=cfg.max_answer_tokens,
                 temperature=cfg.temperature,
                 top_p=cfg.top_p,
-                seed=expand.item_seed(recipe.seed, "respond", round_, p["idx"]),
+                seeds=[expand.item_seed(recipe.seed, "respond", round_, p["idx"]) for p in group],
             )
-            store.add_answer(
-                {
-                    "prompt_id": p["id"],
-                    "text": gen.text.strip(),
-                    "n_tokens": gen.n_tokens,
-                    "finish_reason": gen.finish_reason,
-                    "seconds": time.perf_counter() - t0,
-                }
+            seconds = (time.perf_counter() - t0) / len(group)
+            store.add_answers(
+                [
+                    {
+                        "prompt_id": p["id"],
+                        "text": gen.text.strip(),
+                        "n_tokens": gen.n_tokens,
+                        "finish_reason": gen.finish_reason,
+                        "seconds": seconds,
+                    }
+                    for p, gen in zip(group, gens, strict=True)
+                ]
             )
-            bar.update()
+            bar.update(len(group))
 
 
-def _score(store: Store, run_id: int, round_: int, unit: str, models: _Models, progress: bool) -> None:
+def _score(store: Store, run_id: int, round_: int, unit: str, models: _Models, progress: bool, parallel: int) -> None:
     todo = [row for row in store.unscored(run_id, round_) if row["answer"]]
     if not todo:
         return
     teacher, base = models.teacher, models.base
-    pending: list[dict] = []
     with _bar(progress, f"round {round_} score", len(todo)) as bar:
-        for row in todo:
-            pending.append({"prompt_id": row["id"], **score_pair(teacher, base, row["prompt"], row["answer"], unit)})
-            if len(pending) >= SCORE_COMMIT_EVERY:
-                store.add_scores(pending)
-                pending = []
-            bar.update()
-        if pending:
-            store.add_scores(pending)
+        for group in _groups(todo, parallel):
+            scores = score_pairs(teacher, base, [(row["prompt"], row["answer"]) for row in group], unit)
+            store.add_scores([{"prompt_id": row["id"], **s} for row, s in zip(group, scores, strict=True)])
+            bar.update(len(group))
 
 
 def _select(store: Store, run_id: int, round_: int, recipe: Recipe) -> dict:

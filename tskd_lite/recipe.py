@@ -185,6 +185,7 @@ class Recipe:
     eval: Eval | None = None
     seed: int = 0
     threads: int = _ranged(0, lambda v: v >= 0, "an integer >= 0 (0: all cores)")
+    parallel: int = _ranged(8, lambda v: 1 <= v <= 64, "an integer in [1, 64]")
     path: Path = field(default=Path("recipe.toml"), metadata={"internal": True})
     text: str = field(default="", metadata={"internal": True})
 

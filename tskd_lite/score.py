@@ -35,22 +35,28 @@ def gap(teacher_logprobs: Sequence[float], base_logprobs: Sequence[float], unit:
     }
 
 
-def score_pair(teacher: Engine, base: Engine, prompt: str, answer: str, unit: str) -> dict:
-    """Score one (prompt, answer) under teacher and base; both see the teacher's rendering of the prompt."""
+def score_pairs(teacher: Engine, base: Engine, pairs: list[tuple[str, str]], unit: str) -> list[dict]:
+    """Score (prompt, answer) pairs under teacher and base, batched; both see the teacher's rendering."""
     start = time.perf_counter()
-    rendered = teacher.render(prompt)
-    t_lp = teacher.answer_logprobs(rendered, answer)
-    b_lp = base.answer_logprobs(rendered, answer)
-    row = gap(t_lp, b_lp, unit, len(answer.encode("utf-8")))
-    n_prompt = len(teacher.tokenize_prompt(rendered)) + len(base.tokenize_prompt(rendered))
-    row.update(
-        teacher_logprobs=_compact(t_lp),
-        teacher_byte_ends="[" + ",".join(map(str, teacher.answer_byte_ends(answer))) + "]",
-        base_logprobs=_compact(b_lp),
-        decoded_tokens=n_prompt + len(t_lp) + len(b_lp),
-        seconds=time.perf_counter() - start,
-    )
-    return row
+    rendered = [teacher.render(prompt) for prompt, _ in pairs]
+    t_ids = [
+        (teacher.tokenize_prompt(r), teacher.tokenize_answer(a)) for r, (_, a) in zip(rendered, pairs, strict=True)
+    ]
+    b_ids = [(base.tokenize_prompt(r), base.tokenize_answer(a)) for r, (_, a) in zip(rendered, pairs, strict=True)]
+    t_lps, b_lps = teacher.score(t_ids), base.score(b_ids)
+    seconds = (time.perf_counter() - start) / len(pairs)  # the batch's time, shared evenly by its pairs
+    rows = []
+    for (_, answer), t_lp, b_lp, t, b in zip(pairs, t_lps, b_lps, t_ids, b_ids, strict=True):
+        row = gap(t_lp, b_lp, unit, len(answer.encode("utf-8")))
+        row.update(
+            teacher_logprobs=_compact(t_lp),
+            teacher_byte_ends="[" + ",".join(map(str, teacher.answer_byte_ends(answer))) + "]",
+            base_logprobs=_compact(b_lp),
+            decoded_tokens=len(t[0]) + len(t[1]) + len(b[0]) + len(b[1]),
+            seconds=seconds,
+        )
+        rows.append(row)
+    return rows
 
 
 def _compact(logprobs: Sequence[float]) -> str:

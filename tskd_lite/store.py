@@ -205,15 +205,18 @@ class Store:
 
     # prompts --------------------------------------------------------------------------------------------
 
-    def insert_prompts(self, rows: Iterable[dict]) -> int:
-        """Insert prompts in one transaction and return the last id; (run, round, idx) is unique, so a step
-        can never add the same prompt twice."""
+    def insert_prompts(self, rows: Iterable[dict]) -> None:
+        """Insert prompts in one transaction; (run, round, idx) is unique, so a step can never add the same
+        prompt twice."""
         with self.transaction():
-            return self.db["prompts"].insert_all(rows).last_pk
+            self.db["prompts"].insert_all(rows)
 
     def prompts(self, run_id: int, *, where: str = "1", params: Iterable = ()) -> list[dict]:
         sql = f"select * from prompts where run_id = ? and ({where}) order by round, idx"
         return list(self.db.query(sql, [run_id, *params]))
+
+    def next_prompt_id(self) -> int:
+        return self.db.execute("select coalesce(max(id), 0) + 1 from prompts").fetchone()[0]
 
     def next_idx(self, run_id: int, round_: int) -> int:
         row = self.db.execute(
@@ -244,9 +247,9 @@ class Store:
             )
         )
 
-    def add_answer(self, row: dict) -> None:
+    def add_answers(self, rows: list[dict]) -> None:
         with self.transaction():
-            self.db["answers"].insert(row)
+            self.db["answers"].insert_all(rows)
 
     def unscored(self, run_id: int, round_: int) -> list[dict]:
         return list(

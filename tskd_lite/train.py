@@ -359,7 +359,7 @@ def check_gguf_adapter(
             with torch.no_grad():
                 logits = model(torch.tensor([head + tail])).logits[0, len(head) - 1 : -1].double()
             lp_hf = torch.log_softmax(logits, -1).gather(1, torch.tensor(tail)[:, None])[:, 0].numpy()
-            diffs.append(np.abs(engine.logprobs_of_ids(head, tail) - lp_hf))
+            diffs.append(np.abs(engine.score([(head, tail)])[0] - lp_hf))
         engine.close()
         return np.concatenate(diffs)
 
