@@ -32,6 +32,27 @@ demo: models
 
 # Lint and run the test suite (tiny random models built at test time; no network)
 test: setup
-    {{bin}}/ruff check tskd_lite tests
-    {{bin}}/ruff format --check tskd_lite tests
+    {{bin}}/ruff check tskd_lite tests bench
+    {{bin}}/ruff format --check tskd_lite tests bench
     {{bin}}/python -m pytest -q
+
+# Benchmark generation, scoring and training paths side by side; writes bench/results.md (the README's table)
+bench: models
+    {{bin}}/python bench/run.py
+
+# The invented world (bench/world.py): the teacher's private training data, held-out questions, five seeds
+world: setup
+    {{bin}}/python bench/world.py --out data/world
+
+# Fine-tune SmolLM2 on the invented world into the teacher (cached in runs/world/teacher)
+world-teacher: models world
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ ! -f runs/world/teacher/adapter.gguf ]; then
+        {{bin}}/tskd-lite make-teacher data/world/train.jsonl --base models/SmolLM2-135M-Instruct.Q4_1.gguf \
+            --out runs/world/teacher --epochs 8 --lr 2e-3
+    fi
+
+# Private knowledge end to end: teacher from private data, then seeds -> dataset -> trained Gemma -> report
+world-demo: world-teacher
+    {{bin}}/tskd-lite run recipes/world.toml

@@ -216,3 +216,63 @@ def test_answer_only_logits_give_the_full_model_loss(target_gguf, tmp_path):
     full = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
     assert n == int((labels[:, 1:] != -100).sum())
     assert lean.item() == pytest.approx(full.item(), abs=1e-5)
+
+
+def test_make_teacher_learns_its_data_and_loads_in_llama_cpp(tiny, tmp_path):
+    from click.testing import CliRunner
+
+    from tskd_lite.cli import main
+    from tskd_lite.engine import Engine
+    from tskd_lite.recipe import ModelSpec
+
+    data = tmp_path / "private.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]}) + "\n"
+            for p, a, _ in PAIRS
+        )
+    )
+    base = tiny["base"]
+    out = tmp_path / "teacher"
+    result = CliRunner().invoke(
+        main,
+        [
+            "make-teacher",
+            str(data),
+            "--base",
+            str(base),
+            "--out",
+            str(out),
+            "--epochs",
+            "6",
+            "--rank",
+            "4",
+            "--lr",
+            "1e-2",
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert f"teacher.lora = {out / 'adapter.gguf'}" in result.output
+    teacher = Engine(ModelSpec(model=base, lora=out / "adapter.gguf", n_ctx=256), role="teacher", parallel=4)
+    plain = Engine(ModelSpec(model=base, n_ctx=256), role="base", parallel=4)
+    pairs = [(teacher.tokenize_prompt(teacher.render(p)), teacher.tokenize_answer(a)) for p, a, _ in PAIRS]
+    gain = np.mean([t.mean() - b.mean() for t, b in zip(teacher.score(pairs), plain.score(pairs), strict=True)])
+    assert gain > 0.5  # nats per token: the teacher now finds its private answers far likelier than the base does
+
+
+def test_make_teacher_rejects_bad_data(tiny, tmp_path):
+    from click.testing import CliRunner
+
+    from tskd_lite.cli import main
+
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    result = CliRunner().invoke(
+        main, ["make-teacher", str(data), "--base", str(tiny["base"]), "--out", str(tmp_path / "t")]
+    )
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"Error: {data}:1: expected a chat record (user and assistant messages) or an "
+        "alpaca record (instruction, output)"
+    )

@@ -161,3 +161,48 @@ def models(models_dir: Path) -> None:
 
     for name, path in fetch(models_dir).items():
         click.echo(f"{name}: {path}")
+
+
+@main.command(name="make-teacher")
+@click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--base", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The base GGUF.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--rank", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True, max=1), default=1e-3, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--max-seq-len", type=click.IntRange(min=16), default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_one_line_errors
+def make_teacher(
+    data: Path,
+    base: Path,
+    out: Path,
+    epochs: int,
+    rank: int,
+    lr: float,
+    batch_size: int,
+    max_seq_len: int,
+    seed: int,
+    quiet: bool,
+) -> None:
+    """LoRA fine-tune BASE on DATA (chat or alpaca JSONL) into a teacher: OUT/adapter.gguf for llama.cpp."""
+    from tskd_lite.recipe import Train
+    from tskd_lite.train import make_teacher as make
+
+    cfg = Train(
+        rank=rank,
+        alpha=2.0 * rank,
+        learning_rate=lr,
+        epochs=epochs,
+        batch_size=batch_size,
+        max_seq_len=max_seq_len,
+        seed=seed,
+        val_fraction=0.0,
+        dropout=0.0,
+    )
+    result = make(data, base.resolve(), out, cfg, progress=not quiet, log=click.echo)
+    click.echo(
+        f"teacher adapter: {result.gguf_adapter} (recipe: teacher.model = {base}, teacher.lora = {result.gguf_adapter})"
+    )

@@ -33,21 +33,40 @@ Pair = tuple[str, str, list[tuple[int, int]] | None]  # prompt, answer, byte spa
 
 
 def read_pairs(path: Path) -> list[Pair]:
-    """(prompt, answer, None) from an exported chat or alpaca JSONL."""
+    """(prompt, answer, None) from a chat or alpaca JSONL; one-line errors naming the line at fault."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise TskdError(f"{path}: cannot read: {e}") from None
     pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        row = json.loads(line)
-        if "messages" in row:
-            turns = {m["role"]: m["content"] for m in row["messages"]}
-            pairs.append((turns["user"], turns["assistant"], None))
-        elif "instruction" in row:
-            prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
-            pairs.append((prompt, row["output"], None))
-        else:
-            raise TskdError(f"{path}:{number}: expected chat ('messages') or alpaca ('instruction') records")
+        try:
+            row = json.loads(line)
+            if "messages" in row:
+                turns = {m["role"]: m["content"] for m in row["messages"]}
+                pairs.append((turns["user"], turns["assistant"], None))
+            else:
+                prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+                pairs.append((prompt, row["output"], None))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise TskdError(
+                f"{path}:{number}: expected a chat record (user and assistant messages) or an alpaca record "
+                "(instruction, output)"
+            ) from None
+    if not pairs:
+        raise TskdError(f"{path}: holds no pairs")
     return pairs
+
+
+def make_teacher(data: Path, base: Path, out: Path, cfg: Train, *, progress: bool = True, log=print) -> TrainResult:
+    """Fine-tune a base GGUF on (private) data the way a user's own teacher was made; out/adapter.gguf is then
+    the teacher's LoRA, loaded by llama.cpp on the base GGUF (recipe: teacher.model = base, teacher.lora)."""
+    from tskd_lite.gguf_meta import check_gguf
+
+    check_gguf(base, "--base")
+    return train(Target(model=base), cfg, out, read_pairs(data), progress=progress, log=log)
 
 
 def split(examples: list, val_fraction: float, seed: int) -> tuple[list, list]:
