@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from common import GEMMA3, row
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from tskd_lite.recipe import Target
 from tskd_lite.target import Formatter, hf_dir
@@ -29,9 +29,17 @@ def run(pairs: list[tuple[str, str]], steps: int = 4, batch_size: int = 8) -> li
     batches = [examples[(i * batch_size) % len(examples) :][:batch_size] for i in range(steps + 1)]
     pad = tok.pad_token_id
     results = {}
-    for name, loss_fn in (("plain", _plain_loss), ("lean", lambda m, b, p: answer_loss(m, b, p, "cpu")[0])):
+    lean = lambda m, b, p: answer_loss(m, b, p, "cpu")[0]  # noqa: E731
+    nf4 = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
+    for name, loss_fn, quant in (("plain", _plain_loss, None), ("lean", lean, None), ("nf4", lean, nf4)):
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32)
+        kwargs = {"quantization_config": quant, "device_map": {"": "cpu"}} if quant else {}
+        model = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32, **kwargs)
         model = get_peft_model(
             model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
         )
@@ -59,5 +67,12 @@ def run(pairs: list[tuple[str, str]], steps: int = 4, batch_size: int = 8) -> li
             *results["lean"][:2],
             base,
             f"loss after each step equal to plain within {diff:.1e}; last {results['lean'][2][-1]:.4f}",
+        ),
+        row(
+            "train",
+            "answer-only logits, NF4 QLoRA (bitsandbytes CPU backend)",
+            *results["nf4"][:2],
+            base,
+            f"last loss {results['nf4'][2][-1]:.4f} (4-bit weights)",
         ),
     ]

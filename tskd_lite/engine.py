@@ -1,12 +1,15 @@
 """A GGUF model served in-process by llama.cpp: chat template, batched generation and batched answer log-probs.
 
-Both jobs run on one llama.cpp context that holds `parallel` sequences in a shared KV cache, so several prompts
-are decoded per call instead of one: on a 2-core CPU a decode of one short sequence leaves most of the matrix
-units idle. Scoring asks for logits only at the positions that predict answer tokens (no vocabulary-wide row
-for any prompt token). The same code serves parallel = 1, the one-at-a-time path the benchmark compares against.
+Both jobs run on one llama.cpp context that holds `parallel` sequences, each in its own KV-cache stream, so
+several prompts are decoded per call instead of one: generating one token for one sequence reads every weight for
+one row of work, while eight sequences share that read. Scoring asks for logits only at the positions that
+predict answer tokens (no vocabulary-wide row for any prompt token). The same code serves parallel = 1, the
+one-at-a-time path the benchmark compares against.
 
 A group's results depend only on the group (its members and their order), never on what ran before, since the
-cache is cleared per group: callers that commit whole groups get bit-identical results after a resume.
+cache is cleared per group: callers that commit whole groups get bit-identical results after a resume. On
+quantized weights llama.cpp's kernels round differently with the batch's shape, so `parallel` itself changes
+log-probs by a few hundredths of a nat and can change greedy replies; it is part of the recipe for that reason.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ class Engine:
                 params.n_ctx = params.n_batch = spec.n_ctx * parallel
                 params.n_ubatch = 512
                 params.n_seq_max = parallel
-                params.kv_unified = True  # sequences share one cache; a group's tokens together fit n_ctx * parallel
+                params.kv_unified = False  # one cache stream per sequence: attention stays within its own sequence
                 self._ctx = _internals.LlamaContext(model=self.llm._model, params=params, verbose=False)
         except (ValueError, RuntimeError) as e:
             raise TskdError(f"{role}.model: llama.cpp could not load {spec.model} ({e})") from None
