@@ -80,3 +80,13 @@ def test_minhash_estimates_jaccard():
     true = len(grams[0] & grams[1]) / len(grams[0] | grams[1])
     estimate = float(np.mean(signature(a) == signature(b)))
     assert abs(estimate - true) < 0.15
+
+
+def test_clean_keeps_the_first_prompt_of_a_reply():
+    from tskd_lite.expand import clean
+
+    assert clean("  1. Where does Ana live?\n2. Where does Bo live?") == "Where does Ana live?"
+    assert clean("Question: What is 2 + 2?") == "What is 2 + 2?"
+    assert clean('"Name a river."\n\nHere is another: Name a lake.') == "Name a river."
+    assert clean("-\n- A tortoise lives in X.\nA tortoise lives in X.") == "A tortoise lives in X."
+    assert clean("  \n ") == ""

@@ -29,7 +29,11 @@ def instruction(template: str, examples: list[dict]) -> str:
 
 
 def clean(reply: str) -> str:
-    """The first paragraph of the reply with any list marker or 'Question:' label removed."""
-    text = reply.strip().split("\n\n", 1)[0].strip()
-    text = _LIST_MARKER.sub("", text, count=1).strip()
+    """The first line of the reply with any list marker or 'Question:' label removed.
+
+    One line, not a paragraph: small generators asked for one prompt go on with more, one per line, often the
+    same line again, and every such line would otherwise be glued into one long prompt.
+    """
+    lines = [line for line in reply.strip().splitlines() if _LIST_MARKER.sub("", line).strip()]
+    text = _LIST_MARKER.sub("", lines[0], count=1).strip() if lines else ""
     return text.strip('"').strip()
