@@ -273,6 +273,6 @@ def test_make_teacher_rejects_bad_data(tiny, tmp_path):
     )
     assert result.exit_code == 1
     assert result.output.strip() == (
-        f"Error: {data}:1: expected a chat record (user and assistant messages) or an "
+        f"Error: dataset: {data}:1: expected a chat record (user and assistant messages) or an "
         "alpaca record (instruction, output)"
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tskd_lite.errors import TskdError
+from tskd_lite.jsonl import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -27,24 +28,12 @@ class EvalItem:
 
 
 def read_eval_file(path: Path, where: str) -> list[EvalItem]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise TskdError(f"{where}: file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise TskdError(f"{where}: cannot read {path}: {e}") from None
     items = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TskdError(f"{where}: {path}:{number}: not valid JSON: {e.msg}") from None
+    for at, row in read_jsonl(path, where):
         ok = isinstance(row, dict) and all(isinstance(row.get(k), str) and row[k].strip() for k in ("prompt", "answer"))
         aliases = row.get("aliases", []) if isinstance(row, dict) else None
         if not ok or not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
-            raise TskdError(f'{where}: {path}:{number}: expected {{"prompt": str, "answer": str, "aliases"?: [str]}}')
+            raise TskdError(f'{at}: expected {{"prompt": str, "answer": str, "aliases"?: [str]}}')
         items.append(EvalItem(row["prompt"], row["answer"], tuple(aliases)))
     if not items:
         raise TskdError(f"{where}: {path} holds no items")

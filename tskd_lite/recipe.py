@@ -20,6 +20,7 @@ from typing import Any
 from tskd_lite.chat import compile_template
 from tskd_lite.errors import TskdError
 from tskd_lite.gguf_meta import check_gguf
+from tskd_lite.jsonl import read_jsonl, read_lines
 
 DEFAULT_INSTRUCTION = (
     "Here are example questions from one dataset:\n\n{examples}\n\n"
@@ -325,25 +326,13 @@ def _load_seeds(seeds: Seeds, recipe_path: Path) -> tuple[str, ...]:
 
 
 def _read_seed_file(file: Path, recipe_path: Path) -> list[str]:
-    where = f"{recipe_path}: seeds.file: {file}"
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise TskdError(f"{where}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise TskdError(f"{where}: cannot read: {e}") from None
+    where = f"{recipe_path}: seeds.file"
     if file.suffix != ".jsonl":
-        return [line.strip() for line in lines if line.strip()]
+        return [line.strip() for line in read_lines(file, where) if line.strip()]
     prompts = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TskdError(f"{where}:{number}: not valid JSON: {e.msg}") from None
+    for at, row in read_jsonl(file, where):
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-            raise TskdError(f'{where}:{number}: expected an object with a non-empty string "prompt"')
+            raise TskdError(f'{at}: expected an object with a non-empty string "prompt"')
         prompts.append(row["prompt"].strip())
     return prompts
 

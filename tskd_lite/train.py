@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tskd_lite.errors import TskdError
+from tskd_lite.jsonl import read_jsonl
 from tskd_lite.recipe import Target, Train
 from tskd_lite.target import Formatter, hf_dir, quiet_transformers
 
@@ -34,29 +35,21 @@ Pair = tuple[str, str, list[tuple[int, int]] | None]  # prompt, answer, byte spa
 
 def read_pairs(path: Path) -> list[Pair]:
     """(prompt, answer, None) from a chat or alpaca JSONL; one-line errors naming the line at fault."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise TskdError(f"{path}: cannot read: {e}") from None
     pairs = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for at, row in read_jsonl(path, "dataset"):
         try:
-            row = json.loads(line)
             if "messages" in row:
                 turns = {m["role"]: m["content"] for m in row["messages"]}
                 pairs.append((turns["user"], turns["assistant"], None))
             else:
                 prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
                 pairs.append((prompt, row["output"], None))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        except (KeyError, TypeError, AttributeError):
             raise TskdError(
-                f"{path}:{number}: expected a chat record (user and assistant messages) or an alpaca record "
-                "(instruction, output)"
+                f"{at}: expected a chat record (user and assistant messages) or an alpaca record (instruction, output)"
             ) from None
     if not pairs:
-        raise TskdError(f"{path}: holds no pairs")
+        raise TskdError(f"dataset: {path} holds no pairs")
     return pairs
 
 
