@@ -276,3 +276,14 @@ def test_make_teacher_rejects_bad_data(tiny, tmp_path):
         f"Error: dataset: {data}:1: expected a chat record (user and assistant messages) or an "
         "alpaca record (instruction, output)"
     )
+
+
+def test_a_hugging_face_folder_target_trains_without_gguf_export(tiny, target_gguf, tmp_path):
+    folder = hf_dir(Target(model=target_gguf, cache=tmp_path / "folder"), log=lambda _: None)
+    raw = recipe_dict(tiny, tmp_path / "run" / "pool.db")
+    raw["target"] = {"model": folder}
+    raw["train"] = {"rank": 4, "epochs": 1, "batch_size": 4, "max_seq_len": 96}
+    recipe = load_recipe(write_recipe(tmp_path / "r.toml", raw))
+    result = _train(recipe)
+    assert result.steps == 3 and (result.out_dir / "merged" / "config.json").is_file()
+    assert result.gguf_adapter is None and result.gguf_check is None
