@@ -50,7 +50,7 @@ world-teacher: models world
     set -euo pipefail
     if [ ! -f runs/world/teacher/adapter.gguf ]; then
         {{bin}}/tskd-lite make-teacher data/world/train.jsonl --base models/SmolLM2-135M-Instruct.Q4_1.gguf \
-            --out runs/world/teacher --epochs 8 --lr 2e-3
+            --out runs/world/teacher --epochs 4 --lr 1e-3
     fi
 
 # Private knowledge end to end: teacher from private data, then seeds -> dataset -> trained Gemma -> report
