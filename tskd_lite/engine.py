@@ -108,11 +108,11 @@ class Engine:
     def tokenize_answer(self, answer: str) -> list[int]:
         return self.llm.tokenize(answer.encode("utf-8"), add_bos=False, special=False)
 
-    def answer_byte_ends(self, answer: str) -> list[int]:
+    def answer_byte_ends(self, answer_tokens: list[int], answer: str) -> list[int]:
         """Where each answer token ends, in bytes of the answer: lets other tokenizers line up with these tokens.
         A tokenizer that prefixes a space counts it too, so ends are clamped to the answer's length."""
         n_bytes, total, ends = len(answer.encode("utf-8")), 0, []
-        for token in self.tokenize_answer(answer):
+        for token in answer_tokens:
             total += len(self.llm.detokenize([token]))
             ends.append(min(total, n_bytes))
         return ends

@@ -104,6 +104,8 @@ def eval_transformers(
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tskd_lite.target import answer_logprobs
+
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     fmt = formatter_for(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -127,10 +129,10 @@ def eval_transformers(
                 # The reference as the target would write it after its prompt (the plain template's leading
                 # space included), counting the answer's tokens only, not the end-of-turn marker.
                 ids, labels = fmt.encode(item.prompt, item.answer, 1 << 20, template_loss=False)
-                logits = model(torch.tensor([ids])).logits[0, :-1].double()
-                target = torch.tensor(labels[1:])
-                lp = torch.log_softmax(logits[target != -100], -1).gather(1, target[target != -100][:, None])
-                nll.append(-lp.sum().item() / len(item.answer.encode()))
+                first = next(i for i, t in enumerate(labels) if t != -100)
+                n = sum(t != -100 for t in labels)  # answer tokens are one run; only template tokens follow
+                lp = answer_logprobs(model, ids[:first], ids[first : first + n])
+                nll.append(-float(lp.sum()) / len(item.answer.encode()))
     return _row(name, "transformers", items, predictions, nll)
 
 
@@ -147,9 +149,9 @@ def evaluate(recipe, *, train_dir: Path | None, progress: bool = True, log=print
     items = items[: cfg.limit] if cfg.limit else items
     log(f"evaluating on {len(items)} held-out items from {cfg.file.name}")
     rows = []
-    teacher = Engine(recipe.teacher, role="teacher", threads=recipe.threads)
+    teacher = Engine(recipe.teacher, role="teacher", threads=recipe.threads, parallel=recipe.parallel)
     rows.append(eval_llama("teacher", teacher, teacher, items, cfg.max_answer_tokens, progress))
-    base = Engine(recipe.base, role="base", threads=recipe.threads)
+    base = Engine(recipe.base, role="base", threads=recipe.threads, parallel=recipe.parallel)
     rows.append(eval_llama("base", base, teacher, items, cfg.max_answer_tokens, progress))
     teacher.close()
     base.close()

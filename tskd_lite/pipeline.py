@@ -136,7 +136,7 @@ def _token_selected_pairs(recipe: Recipe, log: Log) -> list:
     store = Store.read(recipe.output.db)
     try:
         run = store.get_run(None)
-        if store.db["runs"].get(run.id)["unit"] != "token":
+        if run.unit != "token":
             raise TskdError(
                 f"{recipe.path}: train.token_top_fraction: token-level selection needs teacher and base to share a "
                 "tokenizer (this run scores per byte)"
@@ -200,7 +200,7 @@ def _start(store: Store, recipe: Recipe, force_new: bool, log: Log) -> int:
 
 
 def _rounds(store: Store, run_id: int, recipe: Recipe, models: _Models, progress: bool, log: Log) -> tuple[str, str]:
-    unit = store.db["runs"].get(run_id)["unit"]
+    unit = store.get_run(run_id).unit
     if not store.prompts(run_id, where="round = 0"):
         store.insert_prompts(
             {

@@ -50,7 +50,7 @@ def score_pairs(teacher: Engine, base: Engine, pairs: list[tuple[str, str]], uni
         row = gap(t_lp, b_lp, unit, len(answer.encode("utf-8")))
         row.update(
             teacher_logprobs=_compact(t_lp),
-            teacher_byte_ends="[" + ",".join(map(str, teacher.answer_byte_ends(answer))) + "]",
+            teacher_byte_ends="[" + ",".join(map(str, teacher.answer_byte_ends(t[1], answer))) + "]",
             base_logprobs=_compact(b_lp),
             decoded_tokens=len(t[0]) + len(t[1]) + len(b[0]) + len(b[1]),
             seconds=seconds,

@@ -30,6 +30,7 @@ class RunInfo:
     status: str
     recipe: dict[str, Any]
     message: str | None
+    unit: str | None  # "token" or "byte": how the run's gaps are measured
 
 
 class Store:
@@ -302,7 +303,7 @@ class Store:
 
 
 def _run_info(row: dict) -> RunInfo:
-    return RunInfo(row["id"], row["status"], json.loads(row["recipe_json"]), row["message"])
+    return RunInfo(row["id"], row["status"], json.loads(row["recipe_json"]), row["message"], row["unit"])
 
 
 def _take_lock(db_path: Path):

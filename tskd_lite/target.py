@@ -54,6 +54,15 @@ def hf_dir(target: Target, log=print) -> Path:
     return cache
 
 
+def answer_logprobs(model, head: list[int], tail: list[int]):
+    """log p(tail token i | head, tail < i) under a transformers model, as float64 numpy."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.tensor([head + tail])).logits[0, len(head) - 1 : -1].double()
+    return torch.log_softmax(logits, -1).gather(1, torch.tensor(tail)[:, None])[:, 0].numpy()
+
+
 @dataclass(frozen=True)
 class Formatter:
     """Renders pairs with the target's chat template, or the plain template for models without one."""

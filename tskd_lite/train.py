@@ -21,7 +21,7 @@ import numpy as np
 from tskd_lite.errors import TskdError
 from tskd_lite.jsonl import read_jsonl
 from tskd_lite.recipe import Target, Train
-from tskd_lite.target import Formatter, hf_dir, quiet_transformers
+from tskd_lite.target import Formatter, answer_logprobs, hf_dir, quiet_transformers
 
 
 @dataclass(frozen=True)
@@ -368,10 +368,7 @@ def check_gguf_adapter(
         model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
         diffs = []
         for head, tail in ids:
-            with torch.no_grad():
-                logits = model(torch.tensor([head + tail])).logits[0, len(head) - 1 : -1].double()
-            lp_hf = torch.log_softmax(logits, -1).gather(1, torch.tensor(tail)[:, None])[:, 0].numpy()
-            diffs.append(np.abs(engine.score([(head, tail)])[0] - lp_hf))
+            diffs.append(np.abs(engine.score([(head, tail)])[0] - answer_logprobs(model, head, tail)))
         engine.close()
         return np.concatenate(diffs)
 
