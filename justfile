@@ -25,8 +25,8 @@ setup:
 models: setup
     {{bin}}/tskd-lite models --dir models
 
-# Run the demo recipe end to end on the bundled models and show what it did
-demo: models
+# The demo end to end: invented world, teacher fine-tuned on it (cached), seeds -> dataset -> trained Gemma -> report
+demo: world-teacher
     {{bin}}/tskd-lite run recipes/demo.toml
     {{bin}}/tskd-lite status recipes/demo.toml
 
@@ -44,6 +44,18 @@ bench: models
 world: setup
     {{bin}}/python bench/world.py --out data/world
 
+# A real skill from the `evals` package on PyPI (wheel downloaded, read as a zip, not installed): date formatting
+dates: setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    wheel=models/wheels/evals-3.0.1.post1-py3-none-any.whl
+    if [ ! -f "$wheel" ]; then {{bin}}/pip download -q --no-deps evals==3.0.1.post1 -d models/wheels; fi
+    {{bin}}/python bench/evals_domain.py "$wheel" --task imperial_date_to_string --out data/dates
+
+# Does the knowledge move? Every arm x 3 seeds on both domains; writes bench/transfer-results.md (hours on a CPU)
+transfer-bench: models world dates
+    {{bin}}/python bench/transfer.py --domain world=data/world --domain dates=data/dates
+
 # Fine-tune SmolLM2 on the invented world into the teacher (cached in runs/world/teacher)
 world-teacher: models world
     #!/usr/bin/env bash
@@ -52,7 +64,3 @@ world-teacher: models world
         {{bin}}/tskd-lite make-teacher data/world/train.jsonl --base models/SmolLM2-135M-Instruct.Q4_1.gguf \
             --out runs/world/teacher --epochs 4 --lr 1e-3
     fi
-
-# Private knowledge end to end: teacher from private data, then seeds -> dataset -> trained Gemma -> report
-world-demo: world-teacher
-    {{bin}}/tskd-lite run recipes/world.toml

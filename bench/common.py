@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SMOLLM2 = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3 = ROOT / "models" / "gemma-3-270m-q4_k_m.gguf"
-PROMPTS = [json.loads(line)["prompt"] for line in (ROOT / "recipes" / "demo-eval.jsonl").read_text().splitlines()]
+PROMPTS = [json.loads(line)["prompt"] for line in (ROOT / "bench" / "prompts.jsonl").read_text().splitlines()]
 
 
 def timed(fn, *args, **kwargs):

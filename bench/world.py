@@ -4,6 +4,7 @@ Seeded and deterministic. Writes, into --out:
   train.jsonl  chat pairs about every fact, in the training phrasings (the teacher's private fine-tuning data)
   test.jsonl   {"prompt", "answer"} asking the same facts in phrasings the teacher never saw (held out)
   seeds.txt    five training-phrasing questions: all the pipeline ever sees of the private data
+  instruction.txt  the prompt-writing instruction for this domain (expand.instruction)
 
     python bench/world.py --out data/world [--people 24] [--seed 0]
 """
@@ -56,6 +57,14 @@ TEST = {
 }
 
 
+INSTRUCTION = """Here are questions about people:
+
+{examples}
+
+Write one new question about a person: where they live, what they do for a living, or what pet they have. \
+Reply with the question only."""
+
+
 def _word(rng: random.Random, syllables: int) -> str:
     return "".join(rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS) for _ in range(syllables)).capitalize()
 
@@ -93,6 +102,7 @@ def write(out: Path, n_people: int, seed: int) -> None:
         for a, p in zip(["town", "job", "pet", "town", "job"], rng.sample(people, 5), strict=True)
     ]
     (out / "seeds.txt").write_text("\n".join(seeds) + "\n")
+    (out / "instruction.txt").write_text(INSTRUCTION + "\n")
     (out / "world.json").write_text(json.dumps(people, indent=1))
 
 

@@ -10,7 +10,7 @@ from tinymodels import write_tiny_llama
 from tskd_lite import pipeline
 from tskd_lite.cli import main
 from tskd_lite.errors import TskdError
-from tskd_lite.evaluate import EvalItem, match, normalise_answer, read_eval_file
+from tskd_lite.evaluate import EvalItem, chance_row, match, normalise_answer, read_eval_file
 from tskd_lite.recipe import load_recipe
 
 
@@ -65,12 +65,15 @@ def test_full_run_reports_four_rows(tiny, tmp_path):
     pipeline.run_all(recipe, progress=False, log=lambda _: None)
     run_dir = tmp_path / "run"
     report = json.loads((run_dir / "report.json").read_text())
-    assert [r["name"] for r in report["eval"]] == ["teacher", "base", "target before", "target after"]
+    assert [r["name"] for r in report["eval"]] == ["teacher", "base", "target before", "target after", "chance"]
     assert all(r["n"] == 3 for r in report["eval"])
     # teacher and target differ in weights, so their reference NLLs are separate measurements
-    assert len({round(r["nll_per_byte"], 6) for r in report["eval"]}) == 4
+    assert len({round(r["nll_per_byte"], 6) for r in report["eval"][:4]}) == 4
+    # chance answers each sum with another item's sum: never right here, and it has no model to give an NLL
+    assert report["eval"][4]["contains"] == 0.0 and report["eval"][4]["nll_per_byte"] is None
     md = (run_dir / "report.md").read_text()
-    for name in ("| teacher |", "| base |", "| target before |", "| target after |", "gap_hist.png", "loss.png"):
+    names = ("| teacher |", "| base |", "| target before |", "| target after |", "| chance |")
+    for name in (*names, "gap_hist.png", "loss.png"):
         assert name in md
     assert (run_dir / "gap_hist.png").stat().st_size > 1000 and (run_dir / "loss.png").stat().st_size > 1000
     (run_dir / "report.md").unlink()
@@ -78,3 +81,15 @@ def test_full_run_reports_four_rows(tiny, tmp_path):
     assert rebuilt.exit_code == 0 and (run_dir / "report.md").read_text() == md
     missing = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert missing.exit_code == 1 and "not a run folder" in missing.output
+
+
+def test_chance_borrows_the_nearest_questions_answer():
+    items = [
+        EvalItem("What is the job of Ann Lee?", "baker"),
+        EvalItem("What is the job of Bob Ray?", "baker"),
+        EvalItem("Where does Ann Lee live?", "Paris"),
+        EvalItem("Where does Bob Ray live?", "Rome"),
+    ]
+    row = chance_row(items)
+    assert row["predictions"] == ["baker", "baker", "Rome", "Paris"]
+    assert row["contains"] == 0.5 and row["nll_per_byte"] is None

@@ -27,6 +27,15 @@ def test_valid_recipe_loads_with_defaults_and_resolved_paths(tiny, tmp_path):
     assert r.generator_spec is r.teacher
 
 
+def test_overrides_are_laid_over_the_file_and_validated(tiny, tmp_path):
+    path = write_recipe(tmp_path / "r.toml", recipe_dict(tiny, Path("run.db")))
+    r = load_recipe(path, {"expand": {"rounds": 1}, "seed": 3, "output": {"db": "other.db"}})
+    assert r.expand.rounds == 1 and r.expand.candidates_per_round == 12  # the rest of the table stays
+    assert r.seed == 3 and r.output.db == (tmp_path / "other.db").resolve()
+    with pytest.raises(TskdError, match=r"r.toml: select.tau: expected a number > 0, got -1"):
+        load_recipe(path, {"select": {"tau": -1}})
+
+
 def test_changed_keys_ignores_resumable_ones(tiny, tmp_path):
     raw = recipe_dict(tiny, tmp_path / "a.db")
     a = flatten(load_recipe(write_recipe(tmp_path / "a.toml", raw)))

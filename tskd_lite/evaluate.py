@@ -59,7 +59,7 @@ def match(prediction: str, item: EvalItem) -> tuple[bool, bool]:
     return first in refs, any(f" {r} " in whole for r in refs if r)
 
 
-def _row(name: str, runtime: str, items: list[EvalItem], predictions: list[str], nll_bytes: list[float]) -> dict:
+def _row(name: str, runtime: str, items: list[EvalItem], predictions: list[str], nll_bytes: list[float] | None) -> dict:
     matches = [match(p, it) for p, it in zip(predictions, items, strict=True)]
     return {
         "name": name,
@@ -67,9 +67,25 @@ def _row(name: str, runtime: str, items: list[EvalItem], predictions: list[str],
         "n": len(items),
         "exact_match": float(np.mean([m[0] for m in matches])),
         "contains": float(np.mean([m[1] for m in matches])),
-        "nll_per_byte": float(np.mean(nll_bytes)),
+        "nll_per_byte": None if nll_bytes is None else float(np.mean(nll_bytes)),
         "predictions": predictions,
     }
+
+
+def chance_row(items: list[EvalItem]) -> dict:
+    """Answer each item with the reference of the most similar other item (character trigram Jaccard of the
+    prompts): what the answer format plus guessing among the domain's own answers scores, with no knowledge."""
+
+    def grams(text: str) -> set[str]:
+        t = normalise_answer(text)
+        return {t[i : i + 3] for i in range(max(1, len(t) - 2))}
+
+    shingles = [grams(it.prompt) for it in items]
+    predictions = []
+    for i, own in enumerate(shingles):
+        sims = [len(own & other) / len(own | other) if j != i else -1.0 for j, other in enumerate(shingles)]
+        predictions.append(items[int(np.argmax(sims))].answer if len(items) > 1 else "")
+    return _row("chance", "nearest item", items, predictions, None)
 
 
 def eval_llama(name: str, engine, render_with, items: list[EvalItem], max_tokens: int, progress: bool) -> dict:
@@ -137,7 +153,8 @@ def eval_transformers(
 
 
 def evaluate(recipe, *, train_dir: Path | None, progress: bool = True, log=print) -> dict:
-    """The four rows (teacher, base, target before, target after where trained); writes run_dir/eval.json."""
+    """The four rows (teacher, base, target before, target after where trained) and the chance baseline;
+    writes run_dir/eval.json."""
     from tskd_lite.engine import Engine
     from tskd_lite.target import Formatter, hf_dir, quiet_transformers
 
@@ -167,6 +184,7 @@ def evaluate(recipe, *, train_dir: Path | None, progress: bool = True, log=print
     merged = train_dir / "merged" if train_dir is not None else None
     if merged is not None and (merged / "config.json").is_file():
         rows.append(eval_transformers("target after", merged, formatter_for, items, cfg.max_answer_tokens, progress))
+    rows.append(chance_row(items))
     result = {"items": [it.__dict__ for it in items], "rows": rows}
     recipe.output.run_dir.mkdir(parents=True, exist_ok=True)
     (recipe.output.run_dir / "eval.json").write_text(json.dumps(result, indent=2, default=list))

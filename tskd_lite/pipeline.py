@@ -118,7 +118,7 @@ def train_target(recipe: Recipe, *, progress: bool = True, log: Log = print):
         raise TskdError(f"{path}: no dataset yet; run the recipe first")
     if recipe.target is None:
         raise TskdError(f"{recipe.path}: target: a [target] table is needed to train")
-    pairs = read_pairs(path) if recipe.train.token_top_fraction == 1.0 else _token_selected_pairs(recipe, log)
+    pairs = read_pairs(path) if recipe.train.token_top_fraction == 1.0 else token_selected_pairs(recipe, log)
     result = train(recipe.target, recipe.train, recipe.output.run_dir / "train", pairs, progress=progress, log=log)
     log(
         f"trained the target: {result.mode}, {result.steps} steps, {result.tokens_per_s:.0f} answer tokens/s; "
@@ -127,7 +127,7 @@ def train_target(recipe: Recipe, *, progress: bool = True, log: Log = print):
     return result
 
 
-def _token_selected_pairs(recipe: Recipe, log: Log) -> list:
+def token_selected_pairs(recipe: Recipe, log: Log) -> list:
     """The kept pairs with the byte spans of their top answer tokens, from the per-token scores in the store."""
     import json
 
@@ -166,9 +166,10 @@ def evaluate_run(recipe: Recipe, *, progress: bool = True, log: Log = print) -> 
 
     result = evaluate(recipe, train_dir=recipe.output.run_dir / "train", progress=progress, log=log)
     for row in result["rows"]:
+        nll = "-" if row["nll_per_byte"] is None else f"{row['nll_per_byte']:.4f}"
         log(
             f"{row['name']:>14}: exact {row['exact_match']:.3f}  contains {row['contains']:.3f}  "
-            f"NLL {row['nll_per_byte']:.4f} nats/byte  ({row['runtime']})"
+            f"NLL {nll} nats/byte  ({row['runtime']})"
         )
     return result
 

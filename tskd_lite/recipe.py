@@ -201,8 +201,11 @@ class Recipe:
 RESUMABLE_KEYS = ("output.", "threads", "expand.rounds", "expand.target_kept", "target.", "train.", "eval.")
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe; raise TskdError with one line naming the file and key on any problem."""
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read and validate a recipe; raise TskdError with one line naming the file and key on any problem.
+
+    overrides: tables and keys laid over the file's before validation (how a benchmark varies one recipe).
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -214,6 +217,7 @@ def load_recipe(path: str | Path) -> Recipe:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise TskdError(f"{path}: not valid TOML: {e}") from None
+    raw = _merged(raw, overrides or {})
     builder = _Builder(path)
     recipe = builder.build(Recipe, raw, "")
     recipe = dataclasses.replace(recipe, path=path.resolve(), text=text)
@@ -240,6 +244,14 @@ def load_recipe(path: str | Path) -> Recipe:
             except TskdError as e:
                 raise TskdError(f"{path}: {e}") from None
     return recipe
+
+
+def _merged(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(raw)
+    for key, value in overrides.items():
+        both_tables = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if both_tables else value
+    return out
 
 
 class _Builder:

@@ -195,7 +195,7 @@ def _markdown(report: dict, plots: list[str]) -> str:
         ]
         out += [
             f"| {r['name']} | {r['runtime']} | {r['n']} | {r['exact_match']:.3f} | {r['contains']:.3f} | "
-            f"{r['nll_per_byte']:.4f} |"
+            f"{'-' if r['nll_per_byte'] is None else format(r['nll_per_byte'], '.4f')} |"
             for r in report["eval"]
         ]
     else:

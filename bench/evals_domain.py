@@ -1,0 +1,68 @@
+"""A real skill from data no one here wrote: one task of OpenAI's `evals` package registry, split for the benchmark.
+
+The wheel comes from PyPI (`pip download --no-deps evals==3.0.1.post1`, see `just dates`) and is read as a zip:
+nothing from it is installed or executed. Writes, into --out:
+  train.jsonl  chat pairs (the teacher's private fine-tuning data)
+  test.jsonl   {"prompt", "answer"} held out from the teacher and the pipeline
+  seeds.txt    five training prompts: all the pipeline ever sees of the private data
+
+The task's system message is dropped: the teacher learns the task as a fine-tuned model does, from the user turn
+alone, so a base model given the same prompt does not get the instructions for free.
+
+    python bench/evals_domain.py WHEEL --task imperial_date_to_string --out data/dates [--train 400 --test 96]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import zipfile
+from pathlib import Path
+
+
+def read_task(wheel: Path, task: str) -> list[tuple[str, str]]:
+    """(user prompt, ideal answer) of every sample of the task, in the file's order."""
+    name = f"evals/registry/data/{task}/samples.jsonl"
+    with zipfile.ZipFile(wheel) as z:
+        try:
+            lines = z.read(name).decode("utf-8").splitlines()
+        except KeyError:
+            raise SystemExit(f"{wheel}: no {name} in this wheel") from None
+    pairs = []
+    for line in filter(str.strip, lines):
+        row = json.loads(line)
+        user = [m["content"] for m in row["input"] if m["role"] == "user"]
+        ideal = row["ideal"][0] if isinstance(row["ideal"], list) else row["ideal"]
+        pairs.append((user[-1].strip(), ideal.strip()))
+    return pairs
+
+
+def write(wheel: Path, task: str, out: Path, n_train: int, n_test: int, seed: int) -> None:
+    pairs = list(dict(read_task(wheel, task)).items())  # one answer per prompt
+    if len(pairs) < n_train + n_test:
+        raise SystemExit(f"{task}: {len(pairs)} distinct samples, fewer than --train {n_train} + --test {n_test}")
+    random.Random(seed).shuffle(pairs)
+    train, test = pairs[:n_train], pairs[n_train : n_train + n_test]
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "train.jsonl").open("w") as f:
+        for prompt, answer in train:
+            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+            f.write(json.dumps({"messages": messages}) + "\n")
+    with (out / "test.jsonl").open("w") as f:
+        for prompt, answer in test:
+            f.write(json.dumps({"prompt": prompt, "answer": answer}) + "\n")
+    (out / "seeds.txt").write_text("\n".join(p for p, _ in train[:5]) + "\n")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("wheel", type=Path)
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--train", type=int, default=400)
+    parser.add_argument("--test", type=int, default=96)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    write(args.wheel, args.task, args.out, args.train, args.test, args.seed)
+    print(f"{args.out}: {args.task}, {args.train} train / {args.test} test")

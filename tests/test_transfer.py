@@ -1,0 +1,95 @@
+"""The transfer benchmark's --quick mode on tiny models: every arm trains and is scored, pools differ as designed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from conftest import recipe_dict, write_recipe
+from tinymodels import write_tiny_llama
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import transfer  # noqa: E402
+
+
+def _domain(folder: Path) -> Path:
+    folder.mkdir()
+    facts = [(f"What is {a} plus {b}?", f"{a + b}") for a in range(6) for b in range(4)]
+    with (folder / "train.jsonl").open("w") as f:
+        for q, a in facts[:16]:
+            f.write(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}))
+            f.write("\n")
+    with (folder / "test.jsonl").open("w") as f:
+        for q, a in facts[16:]:
+            f.write(json.dumps({"prompt": q.replace("What is", "Tell me"), "answer": a}) + "\n")
+    (folder / "seeds.txt").write_text("\n".join(q for q, _ in facts[:5]) + "\n")
+    return folder
+
+
+def test_quick_mode_runs_every_arm_and_resumes_from_its_cache(tiny, tmp_path):
+    raw = recipe_dict(tiny, tmp_path / "unused.db")
+    raw["select"] = {"rule": "ppl_ratio", "tau": 1.01}
+    raw["respond"] = {"max_answer_tokens": 12, "temperature": 0.0}
+    raw["target"] = {"model": write_tiny_llama(tmp_path / "target.gguf", seed=5)}
+    raw["train"] = {"rank": 4, "alpha": 8, "batch_size": 4, "max_seq_len": 64, "learning_rate": 1e-2}
+    raw["eval"] = {"file": tmp_path / "placeholder.jsonl", "max_answer_tokens": 6}
+    (tmp_path / "placeholder.jsonl").write_text('{"prompt": "p", "answer": "a"}\n')
+    recipe = write_recipe(tmp_path / "transfer.toml", raw)
+    args = ["--quick", "--quiet", "--recipe", str(recipe), "--work", str(tmp_path / "work")]
+    args += ["--domain", f"sums={_domain(tmp_path / 'sums')}"]
+
+    results = transfer.main(args)
+
+    (domain,) = results["domains"]
+    assert set(domain["arms"]) == set(transfer.ARMS)
+    for arm, row in domain["arms"].items():
+        assert len(row["contains"]["values"]) == 1, arm
+        assert 0.0 <= row["contains"]["mean"] <= 1.0
+        assert row["nll_per_byte"]["mean"] > 0
+    assert domain["arms"]["seeds_only"]["pairs"] == [5]
+    assert domain["arms"]["oracle"]["pairs"] == [transfer.QUICK["pairs"]]
+    refs = domain["references"]
+    assert {"teacher", "base", "target_before", "chance"} <= set(refs)
+    assert len(refs["teacher"]["predictions"]) == 8  # the test file's 8 items (under the quick limit of 16)
+
+    (pools,) = domain["pools"]
+    rounds, candidates = transfer.QUICK["rounds"], transfer.QUICK["candidates"]
+    assert all(r["kept_fraction"] == 1.0 for r in pools["no_selection"]["rounds"])
+    assert [r["round"] for r in pools["one_round"]["rounds"]] == [0, 1]
+    assert pools["one_round"]["rounds"][1]["candidates"] == rounds * candidates
+    assert [r["candidates"] for r in pools["full"]["rounds"][1:]] == [candidates] * rounds
+    md = (tmp_path / "work" / "results.md").read_text()
+    assert "target: full" in md and "chance" in md
+
+    again = transfer.main(args)  # every step is cached: the same numbers, nothing recomputed
+    assert again["domains"][0]["arms"] == domain["arms"]
+
+
+def test_evals_domain_splits_a_registry_task_without_overlap(tmp_path):
+    import zipfile
+
+    import evals_domain
+
+    system = {"role": "system", "content": "Convert the date."}
+    rows = [
+        {"input": [system, {"role": "user", "content": f"2001-01-{d:02d}"}], "ideal": f"January {d}, 2001."}
+        for d in range(1, 21)
+    ]
+    rows.append(rows[0])  # a repeated sample counts once
+    wheel = tmp_path / "evals-0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("evals/registry/data/dates/samples.jsonl", "\n".join(json.dumps(r) for r in rows))
+    evals_domain.write(wheel, "dates", tmp_path / "d", n_train=12, n_test=8, seed=0)
+
+    train = [json.loads(line)["messages"] for line in (tmp_path / "d" / "train.jsonl").read_text().splitlines()]
+    test = [json.loads(line) for line in (tmp_path / "d" / "test.jsonl").read_text().splitlines()]
+    seeds = (tmp_path / "d" / "seeds.txt").read_text().split()
+    assert len(train) == 12 and len(test) == 8
+    assert [m["role"] for m in train[0]] == ["user", "assistant"]  # the system message is dropped
+    train_prompts = {m[0]["content"] for m in train}
+    assert train_prompts.isdisjoint(t["prompt"] for t in test)
+    assert len(train_prompts | {t["prompt"] for t in test}) == 20
+    assert len(seeds) == 5 and set(seeds) <= train_prompts
+    for t in test:
+        assert t["answer"] == f"January {int(t['prompt'][-2:])}, 2001."
