@@ -15,7 +15,8 @@ the same number of pairs, on each arm:
   oracle        the teacher's own training data (the ceiling a real user no longer has)
 
 Results (mean +- sd over seeds, the fraction of the teacher's advantage recovered, per-round pool statistics and the
-wall time) go to --results .md and .json. Every step is cached under --work, so an interrupted run resumes.
+wall time) go to --results .md and .json. Every step is cached under --work, keyed by the settings it depends on,
+so an interrupted run resumes and a run with other training settings reuses the teacher and the pools.
 
     python bench/transfer.py --domain world=data/world --domain dates=data/dates
     python bench/transfer.py --quick ...     one seed, small settings, minutes
@@ -47,6 +48,8 @@ from tskd_lite.target import Formatter, hf_dir, quiet_transformers  # noqa: E402
 from tskd_lite.train import make_teacher, read_pairs, train  # noqa: E402
 
 ARMS = ("seeds_only", "no_selection", "one_round", "full", "token_level", "oracle")
+POOLS = ("full", "no_selection", "one_round")
+POOL_OF = {"seeds_only": "full", "token_level": "full"}  # arms that train on another arm's pool
 TOKEN_TOP_FRACTION = 0.5
 QUICK = {"pairs": 16, "steps": 4, "eval_limit": 16, "teacher_steps": 8, "rounds": 2, "candidates": 8}
 
@@ -118,7 +121,7 @@ class Domain:
     # -- the teacher and the references --------------------------------------------------------------------
 
     def teacher(self) -> Path:
-        adapter = self.work / "teacher" / "adapter.gguf"
+        adapter = self.work / f"teacher-s{self.s['teacher_steps']}-lr{self.s['teacher_lr']:g}" / "adapter.gguf"
         if not adapter.is_file():
             log(f"[{self.name}] fine-tuning the teacher on {self.folder / 'train.jsonl'}")
             cfg = Train(
@@ -160,7 +163,7 @@ class Domain:
             out["chance"] = score_row(chance_row(self.items))
             return out
 
-        return cached(self.work / "references.json", compute)
+        return cached(self.work / f"references-n{self.s['eval_limit']}.json", compute)
 
     def target_dir(self) -> Path:
         return hf_dir(self.recipe.target, log)
@@ -183,7 +186,7 @@ class Domain:
         n = self.s["pairs"]
         if arm == "oracle":
             return sample(read_pairs(self.folder / "train.jsonl"), n, seed)
-        pool = {"seeds_only": "full", "token_level": "full"}.get(arm, arm)
+        pool = POOL_OF.get(arm, arm)
         recipe = self.pool(pool, seed)
         if arm == "seeds_only":
             store = Store.read(recipe.output.db)
@@ -206,7 +209,7 @@ class Domain:
     def arm(self, arm: str, seed: int) -> dict:
         def compute() -> dict:
             pairs = self.arm_pairs(arm, seed)
-            out = self.work / f"seed{seed}" / arm / "train"
+            out = self.work / f"seed{seed}" / arm / f"train-p{self.s['pairs']}-s{self.s['steps']}"
             cfg = dataclasses.replace(self.recipe.train, max_steps=self.s["steps"], val_fraction=0.0, seed=seed)
             target = dataclasses.replace(self.recipe.target, model=self.target_dir())
             log(f"[{self.name} seed {seed}] training the target on {arm}: {len(pairs)} pairs, {cfg.max_steps} steps")
@@ -222,11 +225,12 @@ class Domain:
             shutil.rmtree(out / "merged")  # a full copy of the target per arm; the adapter stays
             return score_row(row) | {"pairs": len(pairs), "steps": result.steps, "train_s": result.seconds}
 
-        return cached(self.work / f"seed{seed}" / arm / "result.json", compute)
+        key = f"p{self.s['pairs']}-s{self.s['steps']}-n{self.s['eval_limit']}"
+        return cached(self.work / f"seed{seed}" / arm / f"result-{key}.json", compute)
 
-    def pool_stats(self, seed: int) -> dict:
+    def pool_stats(self, seed: int, pools: list[str]) -> dict:
         stats = {}
-        for name in ("full", "no_selection", "one_round"):
+        for name in pools:
             recipe = self.pool(name, seed)
             store = Store.read(recipe.output.db)
             try:
@@ -330,7 +334,7 @@ def markdown(results: dict) -> str:
             "| pool | round | candidates | kept fraction | median gap | near-duplicates | distinct-2 |",
             "|---|---|---|---|---|---|---|",
         ]
-        for pool in ("full", "no_selection", "one_round"):
+        for pool in d["pools"][0]:
             per_seed = [p[pool]["rounds"] for p in d["pools"]]
             for i, first in enumerate(per_seed[0]):
                 rows = [rounds[i] for rounds in per_seed if i < len(rounds)]
@@ -351,6 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--domain", action="append", required=True, metavar="NAME=DIR")
     parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "transfer.toml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--pairs", type=int, default=32, help="training pairs per arm")
     parser.add_argument("--steps", type=int, default=16, help="training steps per arm")
     parser.add_argument("--eval-limit", type=int, default=48, help="held-out items per domain (0: all)")
@@ -386,9 +391,10 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         domain = Domain(name, Path(folder).resolve(), args.recipe, work, settings, not args.quiet)
         refs = domain.references()
-        by_seed = [{arm: domain.arm(arm, seed) for arm in ARMS} for seed in settings["seeds"]]
-        arms = {arm: [results[arm] for results in by_seed] for arm in ARMS}
-        pools = [domain.pool_stats(seed) for seed in settings["seeds"]]
+        by_seed = [{arm: domain.arm(arm, seed) for arm in args.arms} for seed in settings["seeds"]]
+        arms = {arm: [results[arm] for results in by_seed] for arm in args.arms}
+        used = [p for p in POOLS if any(POOL_OF.get(arm, arm) == p for arm in args.arms)]
+        pools = [domain.pool_stats(seed, used) for seed in settings["seeds"]]
         domains.append(aggregate(name, refs, arms, pools, time.perf_counter() - t0))
     command = "python bench/transfer.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results = {"command": command, "settings": settings, "domains": domains, "wall_s": time.perf_counter() - started}
