@@ -5,6 +5,11 @@ nothing from it is installed or executed. Writes, into --out:
   train.jsonl  chat pairs (the teacher's private fine-tuning data)
   test.jsonl   {"prompt", "answer"} held out from the teacher and the pipeline
   seeds.txt    five training prompts: all the pipeline ever sees of the private data
+  recipe.toml  how the benchmark writes new prompts for such a task (below)
+
+New prompts are written by the un-tuned base continuing a list of kept prompts, with no chat template: a task's
+inputs (a date, an equation) are not questions a small model writes when asked for one, and the fine-tuned teacher
+asked in its chat template answers the examples instead (on the date task it wrote converted dates, not new ones).
 
 The task's system message is dropped: the teacher learns the task as a fine-tuned model does, from the user turn
 alone, so a base model given the same prompt does not get the instructions for free.
@@ -38,6 +43,17 @@ def read_task(wheel: Path, task: str) -> list[tuple[str, str]]:
     return pairs
 
 
+# Paths resolve like the shared recipe's (recipes/transfer.toml), whose teacher and base this model is.
+GENERATOR = """[generator]   # the un-tuned base continues the list; the raw template gives it the text as is
+model = "../models/SmolLM2-135M-Instruct.Q4_1.gguf"
+n_ctx = 512
+chat_template = "{{ messages[0]['content'] }}"
+
+[expand]
+instruction = "{examples}\\n-"
+"""
+
+
 def write(wheel: Path, task: str, out: Path, n_train: int, n_test: int, seed: int) -> None:
     pairs = list(dict(read_task(wheel, task)).items())  # one answer per prompt
     if len(pairs) < n_train + n_test:
@@ -53,6 +69,7 @@ def write(wheel: Path, task: str, out: Path, n_train: int, n_test: int, seed: in
         for prompt, answer in test:
             f.write(json.dumps({"prompt": prompt, "answer": answer}) + "\n")
     (out / "seeds.txt").write_text("\n".join(p for p, _ in train[:5]) + "\n")
+    (out / "recipe.toml").write_text(GENERATOR)
 
 
 if __name__ == "__main__":

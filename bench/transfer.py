@@ -1,7 +1,8 @@
 """Transfer benchmark: does the teacher's knowledge move into the target, and how much does selection matter?
 
 A domain is a folder with train.jsonl (chat pairs: the teacher's private data), test.jsonl ({"prompt", "answer"},
-held out) and seeds.txt (what the pipeline sees), plus an optional instruction.txt for expand.instruction.
+held out) and seeds.txt (what the pipeline sees), plus an optional recipe.toml: the domain's own settings (how
+new prompts are written, say) laid over the shared recipe, its relative paths resolved like the shared recipe's.
 For each domain the script fine-tunes the teacher on train.jsonl (make-teacher, cached), evaluates the references
 (teacher, base, target untouched, and a chance baseline), then for every seed grows three pools with the recipe
 (full TuneShift-KD, no selection, one round of selection) and trains the target, for the same number of steps on
@@ -31,6 +32,7 @@ import random
 import shutil
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -78,9 +80,11 @@ def sample(pairs: list, n: int, seed: int) -> list:
 
 
 def cached(path: Path, compute):
+    """compute()'s dict, stored at path with the seconds it took (compute_s), or the stored one."""
     if path.is_file():
         return json.loads(path.read_text())
-    value = compute()
+    t0 = time.perf_counter()
+    value = compute() | {"compute_s": time.perf_counter() - t0}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".part")
     tmp.write_text(json.dumps(value, indent=1))
@@ -107,9 +111,8 @@ class Domain:
             "seeds": {"prompts": [], "file": str(self.folder / "seeds.txt")},
             "eval": {"file": str(self.folder / "test.jsonl"), "limit": self.s["eval_limit"]},
         }
-        if (self.folder / "instruction.txt").is_file():
-            domain["expand"] = {"instruction": (self.folder / "instruction.txt").read_text().strip()}
-        layers = [domain, overrides]
+        own = self.folder / "recipe.toml"
+        layers = [domain, tomllib.loads(own.read_text()) if own.is_file() else {}, overrides]
         if self.s["quick"]:
             layers.insert(1, {"expand": {"rounds": self.s["rounds"], "candidates_per_round": self.s["candidates"]}})
         merged: dict = {}
@@ -295,7 +298,28 @@ def aggregate(name: str, refs: dict, arms: dict[str, list[dict]], pools: list[di
             ),
             "pairs": [r["pairs"] for r in results],
         }
-    return {"domain": name, "references": refs, "arms": table, "pools": pools, "wall_s": seconds}
+    versus = None
+    if {"full", "no_selection"} <= set(arms):
+        # Paired by seed; NLL is negated so that a positive difference means full is better on both measures.
+        versus = {
+            key: mean_sd([sign * (f[key] - n[key]) for f, n in zip(arms["full"], arms["no_selection"], strict=True)])
+            for key, sign in (("contains", 1), ("nll_per_byte", -1))
+        }
+    # Each cached step carries the seconds it took when it was computed, whichever invocation that was; steps
+    # cached before that was recorded count their training time only, so the total is then a lower bound.
+    steps = [refs, *(r for results in arms.values() for r in results)]
+    compute_s = sum(r.get("compute_s", r.get("train_s", 0.0)) for r in steps)
+    compute_s += sum(pool["elapsed_s"] for by_pool in pools for pool in by_pool.values())
+    return {
+        "domain": name,
+        "references": refs,
+        "arms": table,
+        "full_vs_no_selection": versus,
+        "pools": pools,
+        "compute_s": compute_s,
+        "compute_s_complete": all("compute_s" in r for r in steps),
+        "wall_s": seconds,
+    }
 
 
 def markdown(results: dict) -> str:
@@ -303,7 +327,8 @@ def markdown(results: dict) -> str:
         "# Transfer benchmark",
         "",
         f"`{results['command']}`: {results['settings']['seeds']} seeds, {results['settings']['pairs']} training "
-        f"pairs and {results['settings']['steps']} steps per arm; wall time {results['wall_s'] / 60:.1f} min.",
+        f"pairs and {results['settings']['steps']} steps per arm; this invocation's wall time "
+        f"{results['wall_s'] / 60:.1f} min (steps already cached are read, not recomputed).",
         "Accuracy: the reference answer contained in the model's answer (contains), on the held-out test items.",
         "Recovered: (target after - target before) / (teacher - base), for accuracy and for the reference NLL.",
     ]
@@ -311,7 +336,12 @@ def markdown(results: dict) -> str:
         r = d["references"]
         lines += [
             "",
-            f"## {d['domain']} ({r['teacher']['n']} held-out items, {d['wall_s'] / 60:.1f} min)",
+            f"## {d['domain']} ({r['teacher']['n']} held-out items)",
+            "",
+            f"Compute behind these results: {'' if d['compute_s_complete'] else 'at least '}"
+            f"{d['compute_s'] / 60:.1f} min (the teacher, references, pools, training and evaluation, each timed "
+            "when it was computed"
+            f"{'' if d['compute_s_complete'] else '; some steps were cached before their time was recorded'}).",
             "",
             "| model | contains | NLL nats/byte | recovered (contains) | recovered (NLL) | pairs |",
             "|---|---|---|---|---|---|",
@@ -327,6 +357,17 @@ def markdown(results: dict) -> str:
                 f"{'-' if rc is None else f'{rc:.0%}'} | {'-' if rn is None else f'{rn:.0%}'} | "
                 f"{'/'.join(map(str, a['pairs']))} |"
             )
+        if d["full_vs_no_selection"]:
+            lines.append("")
+            for key, what in (("contains", "contains"), ("nll_per_byte", "NLL nats/byte, lower is better")):
+                v = d["full_vs_no_selection"][key]
+                if len(v["values"]) < 2:
+                    verdict = "one seed: no spread to compare with"
+                else:
+                    verdict = f"{'more' if v['mean'] > 2 * v['sd'] else 'not more'} than two standard deviations"
+                lines.append(
+                    f"Full over no selection, {what}: {v['mean']:+.3f} ± {v['sd']:.3f} (paired by seed); {verdict}.  "
+                )
         lines += [
             "",
             "Pools per round (mean over seeds): kept fraction, median gap, near-duplicate rate, distinct word bigrams.",

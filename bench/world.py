@@ -4,7 +4,7 @@ Seeded and deterministic. Writes, into --out:
   train.jsonl  chat pairs about every fact, in the training phrasings (the teacher's private fine-tuning data)
   test.jsonl   {"prompt", "answer"} asking the same facts in phrasings the teacher never saw (held out)
   seeds.txt    five training-phrasing questions: all the pipeline ever sees of the private data
-  instruction.txt  the prompt-writing instruction for this domain (expand.instruction)
+  recipe.toml  the domain's prompt-writing instruction (expand.instruction), for the transfer benchmark
 
     python bench/world.py --out data/world [--people 24] [--seed 0]
 """
@@ -102,7 +102,8 @@ def write(out: Path, n_people: int, seed: int) -> None:
         for a, p in zip(["town", "job", "pet", "town", "job"], rng.sample(people, 5), strict=True)
     ]
     (out / "seeds.txt").write_text("\n".join(seeds) + "\n")
-    (out / "instruction.txt").write_text(INSTRUCTION + "\n")
+    # A JSON string is a valid TOML basic string.
+    (out / "recipe.toml").write_text(f"[expand]\ninstruction = {json.dumps(INSTRUCTION)}\n")
     (out / "world.json").write_text(json.dumps(people, indent=1))
 
 

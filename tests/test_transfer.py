@@ -12,8 +12,10 @@ from tinymodels import write_tiny_llama
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import transfer  # noqa: E402
 
+RAW = "{{ messages[0]['content'] }}"
 
-def _domain(folder: Path) -> Path:
+
+def _domain(folder: Path, generator: Path) -> Path:
     folder.mkdir()
     facts = [(f"What is {a} plus {b}?", f"{a + b}") for a in range(6) for b in range(4)]
     with (folder / "train.jsonl").open("w") as f:
@@ -24,6 +26,9 @@ def _domain(folder: Path) -> Path:
         for q, a in facts[16:]:
             f.write(json.dumps({"prompt": q.replace("What is", "Tell me"), "answer": a}) + "\n")
     (folder / "seeds.txt").write_text("\n".join(q for q, _ in facts[:5]) + "\n")
+    # the domain's own settings: prompts written by continuing the list, as bench/evals_domain.py sets it up
+    own = {"generator": {"model": generator, "chat_template": RAW}, "expand": {"instruction": "{examples}\n-"}}
+    write_recipe(folder / "recipe.toml", own)
     return folder
 
 
@@ -37,7 +42,12 @@ def test_quick_mode_runs_every_arm_and_resumes_from_its_cache(tiny, tmp_path):
     (tmp_path / "placeholder.jsonl").write_text('{"prompt": "p", "answer": "a"}\n')
     recipe = write_recipe(tmp_path / "transfer.toml", raw)
     args = ["--quick", "--quiet", "--recipe", str(recipe), "--work", str(tmp_path / "work")]
-    args += ["--domain", f"sums={_domain(tmp_path / 'sums')}"]
+    domain_dir = _domain(tmp_path / "sums", tiny["base"])
+    args += ["--domain", f"sums={domain_dir}"]
+    settings = {"eval_limit": 16, "quick": False}
+    loaded = transfer.Domain("sums", domain_dir, recipe, tmp_path / "work", settings, False).recipe
+    assert loaded.generator.chat_template == RAW and loaded.expand.instruction == "{examples}\n-"
+    assert loaded.generator.model == tiny["base"]
 
     results = transfer.main(args)
 
