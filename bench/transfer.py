@@ -42,8 +42,9 @@ sys.path.insert(0, str(ROOT))
 
 from tskd_lite import pipeline  # noqa: E402
 from tskd_lite.dedup import normalise  # noqa: E402
+from tskd_lite.errors import TskdError  # noqa: E402
 from tskd_lite.evaluate import chance_row, eval_llama, eval_transformers, read_eval_file  # noqa: E402
-from tskd_lite.recipe import Recipe, Train, load_recipe  # noqa: E402
+from tskd_lite.recipe import Recipe, Train, load_recipe, merged  # noqa: E402
 from tskd_lite.report import summary  # noqa: E402
 from tskd_lite.store import Store  # noqa: E402
 from tskd_lite.target import Formatter, hf_dir, quiet_transformers  # noqa: E402
@@ -103,7 +104,15 @@ class Domain:
             if not (folder / f).is_file():
                 raise SystemExit(f"{folder}: domain {name} needs {f}")
         self.recipe_path = recipe_path
-        self.recipe = self.load({})  # without the teacher's adapter: the base settings every arm starts from
+        own = folder / "recipe.toml"
+        try:
+            self.own = tomllib.loads(own.read_text()) if own.is_file() else {}
+        except tomllib.TOMLDecodeError as e:
+            raise SystemExit(f"{own}: not valid TOML: {e}") from None
+        try:
+            self.recipe = self.load({})  # without the teacher's adapter: the base settings every arm starts from
+        except TskdError as e:
+            raise SystemExit(f"domain {name} ({folder}): {e}") from None
         self.items = read_eval_file(folder / "test.jsonl", "test.jsonl")[: settings["eval_limit"] or None]
 
     def load(self, overrides: dict) -> Recipe:
@@ -111,15 +120,13 @@ class Domain:
             "seeds": {"prompts": [], "file": str(self.folder / "seeds.txt")},
             "eval": {"file": str(self.folder / "test.jsonl"), "limit": self.s["eval_limit"]},
         }
-        own = self.folder / "recipe.toml"
-        layers = [domain, tomllib.loads(own.read_text()) if own.is_file() else {}, overrides]
+        layers = [domain, self.own, overrides]
         if self.s["quick"]:
             layers.insert(1, {"expand": {"rounds": self.s["rounds"], "candidates_per_round": self.s["candidates"]}})
-        merged: dict = {}
+        combined: dict = {}
         for layer in layers:
-            for key, value in layer.items():
-                merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
-        return load_recipe(self.recipe_path, merged)
+            combined = merged(combined, layer)
+        return load_recipe(self.recipe_path, combined)
 
     # -- the teacher and the references --------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import recipe_dict, write_recipe
 from tinymodels import write_tiny_llama
 
@@ -48,6 +49,13 @@ def test_quick_mode_runs_every_arm_and_resumes_from_its_cache(tiny, tmp_path):
     loaded = transfer.Domain("sums", domain_dir, recipe, tmp_path / "work", settings, False).recipe
     assert loaded.generator.chat_template == RAW and loaded.expand.instruction == "{examples}\n-"
     assert loaded.generator.model == tiny["base"]
+    bad = _domain(tmp_path / "bad", tiny["base"])
+    (bad / "recipe.toml").write_text("[expand]\nrounds = 0\n")
+    with pytest.raises(SystemExit, match=r"domain bad \(.*bad\): .*transfer.toml: expand.rounds: expected"):
+        transfer.Domain("bad", bad, recipe, tmp_path / "work", settings, False)
+    (bad / "recipe.toml").write_text("[expand\n")
+    with pytest.raises(SystemExit, match=r"bad/recipe.toml: not valid TOML"):
+        transfer.Domain("bad", bad, recipe, tmp_path / "work", settings, False)
 
     results = transfer.main(args)
 

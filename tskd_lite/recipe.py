@@ -217,7 +217,7 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise TskdError(f"{path}: not valid TOML: {e}") from None
-    raw = _merged(raw, overrides or {})
+    raw = merged(raw, overrides or {})
     builder = _Builder(path)
     recipe = builder.build(Recipe, raw, "")
     recipe = dataclasses.replace(recipe, path=path.resolve(), text=text)
@@ -246,11 +246,12 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     return recipe
 
 
-def _merged(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def merged(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """raw with overrides laid over it, table by table: a key the overrides do not name keeps its value."""
     out = dict(raw)
     for key, value in overrides.items():
         both_tables = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = _merged(out[key], value) if both_tables else value
+        out[key] = merged(out[key], value) if both_tables else value
     return out
 
 
