@@ -3,6 +3,8 @@ transformers fp32 batched, and llama.cpp's prompt-processing rate on one long se
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from common import SMOLLM2, row, timed
@@ -51,28 +53,38 @@ def run(pairs: list[tuple[str, str]]) -> list[dict]:
     _, t_torch = timed(_transformers_batched, ids)
     base = tokens / t_one
     diff = max(float(np.abs(a - b).max()) for a, b in zip(one, many, strict=True))
-    long_seq = (ids[0][0] + [t for _, a in ids for t in a])[:512]
-    _, t_long = timed(single.score, [(long_seq[:1], long_seq[1:])])
+    # Prompt processing of one long sequence with one row of logits: llama.cpp's top rate on this machine.
+    text = single.llm.detokenize([t for _, a in ids for t in a]).decode("utf-8", errors="ignore")
+    long_prompt = single.llm.detokenize(single.tokenize_prompt(text)[:500]).decode("utf-8", errors="ignore")
+    n_long = len(single.tokenize_prompt(long_prompt))
+    _, t_long = timed(single.generate, [long_prompt], max_tokens=1, temperature=0.0, top_p=1.0, seeds=[0])
     rows = [
         row("score", "one pair at a time (llama.cpp)", tokens, t_one, None, note),
         row(
             "score",
-            "8 pairs per batch, answer-only logits (tskd-lite)",
+            "8 pairs per batch, answer-only logits, shared prefixes (tskd-lite)",
             tokens,
             t_many,
             base,
-            f"max |Δ log p| vs one at a time {diff:.3f} (quantized kernels differ with batch shape)",
+            f"{batched.decoded} of {tokens} tokens decoded; max |Δ log p| vs one at a time {diff:.3f} "
+            "(quantized kernels round differently with batch shape)",
         ),
         row("score", "transformers fp32, batch 16", tokens, t_torch, base, "dequantized weights"),
         row(
             "score",
-            "llama.cpp, one 512-token sequence (ceiling)",
-            len(long_seq),
+            "llama.cpp prompt processing, one 512-token sequence (ceiling)",
+            n_long,
             t_long,
             base,
-            "logits at every position",
+            f"{n_long} prompt tokens, logits at the last position only",
         ),
     ]
     batched.close()
     single.close()
+    # The thread count is picked by measurement: every core (the engine's default) against each smaller count.
+    for threads in range(1, os.cpu_count() or 1):
+        engine = Engine(ModelSpec(model=SMOLLM2, n_ctx=512), role="teacher", threads=threads, parallel=8)
+        _, seconds = timed(engine.score, ids)
+        rows.append(row("score", f"tskd-lite with {threads} of {os.cpu_count()} threads", tokens, seconds, base))
+        engine.close()
     return rows

@@ -1,6 +1,6 @@
 """Training the target (Gemma 3 270M, LoRA r16 on all linear layers, CPU fp32): plain transformers + peft,
-whose forward computes logits at every position, against tskd-lite's answer-only logits. Same batches, same
-initial weights; the loss curves must agree since both compute the same loss."""
+one padded example per row and logits at every position, against tskd-lite's packed rows and answer-only
+logits. Same batches, same initial weights; the loss curves must agree since both compute the same loss."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from tskd_lite.recipe import Target
 from tskd_lite.target import Formatter, hf_dir
-from tskd_lite.train import Example, answer_loss, collate
+from tskd_lite.train import Example, answer_loss, collate, pack
 
 
 def _plain_loss(model, batch, pad_id):
@@ -59,18 +59,28 @@ def run(pairs: list[tuple[str, str]], steps: int = 4, batch_size: int = 8) -> li
     diff = max(abs(a - b) for a, b in zip(results["plain"][2], results["lean"][2], strict=True))
     base = results["plain"][0] / results["plain"][1]
     note = f"{steps} timed steps of batch {batch_size}"
+    real = sum(len(e.ids) for b in batches[1:] for e in b)
+    padded = sum(collate(b, pad)[0].numel() for b in batches[1:])
+    packed = sum(pack(b, pad)[0].numel() for b in batches[1:])
     return [
-        row("train", "transformers + peft, logits everywhere", *results["plain"][:2], None, note),
         row(
             "train",
-            "answer-only logits (tskd-lite)",
-            *results["lean"][:2],
-            base,
-            f"loss after each step equal to plain within {diff:.1e}; last {results['lean'][2][-1]:.4f}",
+            "transformers + peft, padded rows, logits everywhere",
+            *results["plain"][:2],
+            None,
+            f"{note}; {padded} positions for {real} tokens",
         ),
         row(
             "train",
-            "answer-only logits, NF4 QLoRA (bitsandbytes CPU backend)",
+            "packed rows, answer-only logits (tskd-lite)",
+            *results["lean"][:2],
+            base,
+            f"{packed} positions; loss after each step equal to plain within {diff:.1e}; "
+            f"last {results['lean'][2][-1]:.4f}",
+        ),
+        row(
+            "train",
+            "packed, answer-only, NF4 QLoRA (bitsandbytes CPU backend)",
             *results["nf4"][:2],
             base,
             f"last loss {results['nf4'][2][-1]:.4f} (4-bit weights)",

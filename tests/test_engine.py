@@ -75,6 +75,11 @@ def test_batched_scoring_matches_one_at_a_time(tiny):
     for pair, lp in zip(pairs, together, strict=True):
         assert len(lp) == len(pair[1])
         np.testing.assert_allclose(lp, single.score([pair])[0], atol=1e-4)
+    # <|im_start|> and the 5 bytes of "user\n" open every prompt here: 6 tokens decoded once per group of 4, so
+    # 3 pairs in each of the two full groups reuse them (the last group has one pair and shares nothing).
+    requested = sum(len(p) + len(a) for p, a in pairs)
+    assert single.decoded == requested
+    assert batched.decoded == requested - 6 * 3 * 2
 
 
 def test_batched_generation_matches_one_at_a_time(tiny):

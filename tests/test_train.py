@@ -199,17 +199,25 @@ def test_token_level_selection_trains_from_the_store(tiny, target_gguf, tmp_path
     assert 0.2 < result.answer_tokens / everything.answer_tokens < 0.6
 
 
-def test_answer_only_logits_give_the_full_model_loss(target_gguf, tmp_path):
+def test_packed_answer_only_logits_give_the_padded_full_model_loss(target_gguf, tmp_path):
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tskd_lite.train import Example, answer_loss, collate
+    from tskd_lite.train import Example, answer_loss, collate, pack
 
     model_dir = hf_dir(Target(model=target_gguf, cache=tmp_path / "hf"), log=lambda _: None)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     fmt = Formatter.for_target(tok, Target(model=target_gguf))
-    examples = [Example(*fmt.encode(p, a, 96)) for p, a, _ in PAIRS[:5]]
+    # five of 52 tokens and one of 115, so that rows as wide as the long one hold two short ones
+    long = (
+        "What is 3 plus 2? And what is 2 plus 3?",
+        "3 plus 2 is 5, and 2 plus 3 is 5 too: the order of a sum is free.",
+    )
+    examples = [Example(*fmt.encode(p, a, 160)) for p, a, _ in [*PAIRS[:5], (*long, None)]]
+    packed_ids, _, positions = pack(examples, 0)
+    assert packed_ids.shape[0] < len(examples)
+    assert (positions[:, 1:] == 0).any()  # some row holds a second example, starting again at position 0
     lean, n = answer_loss(model, examples, 0, "cpu")
     ids, labels, mask = collate(examples, 0)
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]

@@ -3,8 +3,9 @@
 Both jobs run on one llama.cpp context that holds `parallel` sequences, each in its own KV-cache stream, so
 several prompts are decoded per call instead of one: generating one token for one sequence reads every weight for
 one row of work, while eight sequences share that read. Scoring asks for logits only at the positions that
-predict answer tokens (no vocabulary-wide row for any prompt token). The same code serves parallel = 1, the
-one-at-a-time path the benchmark compares against.
+predict answer tokens (no vocabulary-wide row for any prompt token). The prompt prefix that a group's members
+share (the chat template's system header, a prompt-writing instruction) is decoded once and its cache copied to
+the other sequences. The same code serves parallel = 1, the one-at-a-time path the benchmark compares against.
 
 A group's results depend only on the group (its members and their order), never on what ran before, since the
 cache is cleared per group: callers that commit whole groups get bit-identical results after a resume. On
@@ -75,6 +76,7 @@ class Engine:
             if llama_cpp.llama_set_adapters_lora(self._ctx.ctx, adapters, 1, scales):
                 raise TskdError(f"{role}.lora: llama.cpp could not apply {spec.lora}")
         self._batch = _internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=False)
+        self.decoded = 0  # tokens run through the model so far; fewer than requested where prefixes were shared
         self.n_vocab = self.llm.n_vocab()
         self.bos_id = self.llm.token_bos()
         self.bos_text = self._piece(self.bos_id)
@@ -129,7 +131,27 @@ class Engine:
         i = b.n_tokens
         b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0], b.logits[i] = token, pos, 1, seq, logits
         b.n_tokens = i + 1
+        self.decoded += 1
         return i
+
+    def _share_prefix(self, prompts: Sequence[list[int]]) -> int:
+        """Decode the prompts' common prefix once, in sequence 0, and copy its cache to the group's other sequences;
+        return its length. Each prompt keeps at least its last token, whose logits its caller needs."""
+        if len(prompts) < 2:
+            return 0
+        limit = min(len(p) for p in prompts) - 1
+        n = 0
+        while n < limit and all(p[n] == prompts[0][n] for p in prompts):
+            n += 1
+        if n == 0:
+            return 0
+        for pos in range(n):
+            self._add(prompts[0][pos], pos, 0, False)
+        self._decode()
+        for seq in range(1, len(prompts)):
+            # One KV stream per sequence: the whole stream is copied, on the next decode, before it runs.
+            self._llama_cpp.llama_memory_seq_cp(self._ctx.memory, 0, seq, -1, -1)
+        return n
 
     def _decode(self) -> None:
         self._ctx.decode(self._batch)
@@ -166,12 +188,13 @@ class Engine:
 
     def _score_group(self, group: list[tuple[list[int], list[int]]]) -> list[np.ndarray]:
         self._clear()
+        shared = self._share_prefix([prompt for prompt, _ in group])
         targets = []
         for seq, (prompt, answer) in enumerate(group):
             tokens = prompt + answer
             first = len(prompt) - 1  # the logits at position j predict token j + 1
-            for pos, token in enumerate(tokens):
-                self._add(token, pos, seq, first <= pos < len(tokens) - 1)
+            for pos in range(shared, len(tokens)):
+                self._add(tokens[pos], pos, seq, first <= pos < len(tokens) - 1)
             targets += answer
         if not targets:
             return [np.empty(0) for _ in group]
@@ -220,10 +243,11 @@ class Engine:
 
     def _generate_group(self, prompts, max_tokens, temperature, top_p, seeds) -> list[Generation]:
         self._clear()
+        shared = self._share_prefix(prompts)
         at = {}  # sequence -> batch index of the logits to sample its next token from
         for seq, prompt in enumerate(prompts):
-            for pos, token in enumerate(prompt):
-                at[seq] = self._add(token, pos, seq, pos == len(prompt) - 1)
+            for pos in range(shared, len(prompt)):
+                at[seq] = self._add(prompt[pos], pos, seq, pos == len(prompt) - 1)
         self._decode()
         samplers = [self._sampler(temperature, top_p, seed) for seed in seeds]
         budgets = [min(max_tokens, self.spec.n_ctx - len(p)) for p in prompts]

@@ -75,6 +75,7 @@ def batch_order(n: int, batch_size: int, epoch: int, seed: int) -> list[list[int
 
 
 def collate(examples: list[Example], pad_id: int):
+    """One example per row, padded to the longest: the plain layout, which the benchmark and tests compare with."""
     import torch
 
     width = max(len(e.ids) for e in examples)
@@ -88,18 +89,55 @@ def collate(examples: list[Example], pad_id: int):
     return ids, labels, mask
 
 
+def pack(examples: list[Example], pad_id: int):
+    """The examples laid end to end in rows as wide as the longest one (first fit, longest first), each example
+    with its own positions from 0; returns ids, labels and position ids.
+
+    Positions that restart tell transformers' mask builder where one example ends, so attention stays within an
+    example (no cross-contamination; tested against the padded layout) while padding shrinks to the rows' tails.
+    """
+    import torch
+
+    width = max(len(e.ids) for e in examples)
+    rows: list[list[Example]] = []
+    free: list[int] = []
+    for e in sorted(examples, key=lambda e: -len(e.ids)):
+        fits = next((r for r, space in enumerate(free) if len(e.ids) <= space), None)
+        if fits is None:
+            fits = len(rows)
+            rows.append([])
+            free.append(width)
+        rows[fits].append(e)
+        free[fits] -= len(e.ids)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for e in row:
+            ids[r, at : at + len(e.ids)] = torch.tensor(e.ids)
+            labels[r, at + 1 : at + len(e.labels)] = torch.tensor(e.labels[1:])  # never predict the next example
+            positions[r, at : at + len(e.ids)] = torch.arange(len(e.ids))
+            at += len(e.ids)
+        positions[r, at:] = torch.arange(width - at)  # the padding tail: a block of its own that nothing reads
+    return ids, labels, positions
+
+
 def answer_loss(model, examples: list[Example], pad_id: int, device) -> tuple:
     """Mean cross-entropy over answer tokens of a batch (labels -100 elsewhere), and the answer-token count.
 
-    The output layer runs only at the positions that predict an answer token: with Gemma 3's 262k-token
-    vocabulary it is most of the model's cost, and prompt and padding positions would spend it for nothing.
+    The batch is packed (see pack), and the output layer runs only at the positions that predict an answer
+    token: with Gemma 3's 262k-token vocabulary it is most of the model's cost, and prompt and padding positions
+    would spend it for nothing.
     """
     import torch
     import torch.nn.functional as F
 
-    ids, labels, mask = (t.to(device) for t in collate(examples, pad_id))
+    ids, labels, positions = (t.to(device) for t in pack(examples, pad_id))
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = causal_lm.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+    # No cache: transformers reads packing from the position ids only when there is none.
+    decoder = causal_lm.get_decoder()
+    hidden = decoder(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state[:, :-1]
     target = labels[:, 1:]
     wanted = target != -100
     logits = causal_lm.get_output_embeddings()(hidden[wanted])
