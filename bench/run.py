@@ -14,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import generate  # noqa: E402
+import quant  # noqa: E402
 import score  # noqa: E402
 import train  # noqa: E402
 from common import ROOT  # noqa: E402
@@ -25,7 +26,7 @@ def main() -> None:
     fetch(ROOT / "models")
     started = time.perf_counter()
     gen_rows, pairs = generate.run()
-    rows = gen_rows + score.run(pairs) + train.run(pairs)
+    rows = gen_rows + score.run(pairs) + quant.run(pairs) + train.run(pairs)
     lines = [
         "| stage | path | tokens | seconds | tokens/s | ratio | note |",
         "| --- | --- | ---: | ---: | ---: | ---: | --- |",

@@ -41,6 +41,15 @@ def torch_model():
     return _model
 
 
+def prompt_processing(engine: Engine, ids: list[tuple[list[int], list[int]]]) -> tuple[int, float]:
+    """(tokens, seconds) of one ~500-token prompt made of the answers, decoded with logits at its last position
+    only: llama.cpp's top rate on this machine, which scoring can approach but not pass per token decoded."""
+    text = engine.llm.detokenize([t for _, a in ids for t in a]).decode("utf-8", errors="ignore")
+    prompt = engine.llm.detokenize(engine.tokenize_prompt(text)[:500]).decode("utf-8", errors="ignore")
+    _, seconds = timed(engine.generate, [prompt], max_tokens=1, temperature=0.0, top_p=1.0, seeds=[0])
+    return len(engine.tokenize_prompt(prompt)), seconds
+
+
 def run(pairs: list[tuple[str, str]]) -> list[dict]:
     batched = Engine(ModelSpec(model=SMOLLM2, n_ctx=512), role="teacher", parallel=8)
     single = Engine(ModelSpec(model=SMOLLM2, n_ctx=512), role="teacher", parallel=1)
@@ -53,11 +62,7 @@ def run(pairs: list[tuple[str, str]]) -> list[dict]:
     _, t_torch = timed(_transformers_batched, ids)
     base = tokens / t_one
     diff = max(float(np.abs(a - b).max()) for a, b in zip(one, many, strict=True))
-    # Prompt processing of one long sequence with one row of logits: llama.cpp's top rate on this machine.
-    text = single.llm.detokenize([t for _, a in ids for t in a]).decode("utf-8", errors="ignore")
-    long_prompt = single.llm.detokenize(single.tokenize_prompt(text)[:500]).decode("utf-8", errors="ignore")
-    n_long = len(single.tokenize_prompt(long_prompt))
-    _, t_long = timed(single.generate, [long_prompt], max_tokens=1, temperature=0.0, top_p=1.0, seeds=[0])
+    n_long, t_long = prompt_processing(single, ids)
     rows = [
         row("score", "one pair at a time (llama.cpp)", tokens, t_one, None, note),
         row(

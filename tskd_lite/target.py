@@ -55,11 +55,12 @@ def hf_dir(target: Target, log=print) -> Path:
 
 
 def answer_logprobs(model, head: list[int], tail: list[int]):
-    """log p(tail token i | head, tail < i) under a transformers model, as float64 numpy."""
+    """log p(tail token i | head, tail < i) under a transformers model, as float64 numpy. The output layer runs
+    only where a tail token is predicted (with a 262k vocabulary, it costs more than the rest of the model)."""
     import torch
 
     with torch.no_grad():
-        logits = model(torch.tensor([head + tail])).logits[0, len(head) - 1 : -1].double()
+        logits = model(torch.tensor([head + tail]), logits_to_keep=len(tail) + 1).logits[0, :-1].double()
     return torch.log_softmax(logits, -1).gather(1, torch.tensor(tail)[:, None])[:, 0].numpy()
 
 
