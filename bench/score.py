@@ -77,7 +77,7 @@ def run(pairs: list[tuple[str, str]]) -> list[dict]:
         row("score", "transformers fp32, batch 16", tokens, t_torch, base, "dequantized weights"),
         row(
             "score",
-            "llama.cpp prompt processing, one 512-token sequence (ceiling)",
+            "llama.cpp prompt processing, one long sequence (ceiling)",
             n_long,
             t_long,
             base,
