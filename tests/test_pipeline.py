@@ -286,3 +286,65 @@ def test_killed_runs_resume_to_the_same_pool_and_dataset(tiny, tmp_path):
         con.execute("select count(*) from prompts").fetchone()[0]
         == con.execute("select count(distinct round || ':' || idx) from prompts").fetchone()[0]
     )
+
+
+# -- fault injection: every store step is whole or absent ---------------------------------------------------
+
+STEPS = [("insert_prompts", 1), ("insert_prompts", 3), ("add_answers", 2), ("add_scores", 2), ("record_selection", 2)]
+
+
+@pytest.mark.parametrize(("method", "nth"), STEPS)
+def test_a_step_failing_before_its_commit_leaves_nothing_and_the_resume_completes(
+    tiny, tmp_path, monkeypatch, method, nth
+):
+    """The nth call of a store step writes everything it means to, then fails before its commit (as a kill or a
+    failing last insert would): the database must hold exactly what it held before the step, and a resume must
+    reach the uninterrupted run's result."""
+    clean, _ = _run(tiny, tmp_path, name="clean")
+
+    raw = recipe_dict(tiny, tmp_path / "faulty.db")
+    recipe = load_recipe(write_recipe(tmp_path / "faulty.toml", raw))
+    original = getattr(Store, method)
+    seen = {"calls": 0, "before": None}
+
+    def failing(self, *args, **kwargs):
+        seen["calls"] += 1
+        if seen["calls"] != nth:
+            return original(self, *args, **kwargs)
+        seen["before"] = _snapshot(self.path)
+        with self.transaction():
+            original(self, *args, **kwargs)  # nested: a savepoint inside the outer transaction
+            raise RuntimeError("injected fault before commit")
+
+    monkeypatch.setattr(Store, method, failing)
+    with pytest.raises(RuntimeError, match="injected fault"):
+        pipeline.run(recipe, progress=False, log=lambda _: None)
+    after = _snapshot(recipe.output.db)
+    for table in ("prompts", "answers", "scores", "selections", "rounds"):
+        assert after[table] == seen["before"][table], table
+
+    monkeypatch.setattr(Store, method, original)
+    pipeline.run(recipe, progress=False, log=lambda _: None)
+    a, b = _snapshot(clean.output.db), _snapshot(recipe.output.db)
+    for table in ("prompts", "answers", "scores", "selections", "rounds"):
+        assert b[table] == a[table], table
+    assert recipe.output.export_path.read_text() == clean.output.export_path.read_text()
+
+
+def test_a_large_insert_that_fails_half_way_leaves_no_rows(tmp_path):
+    """sqlite-utils inserts in chunks of 100 and, outside a transaction, commits each chunk."""
+    store = Store.open(tmp_path / "big.db")
+    try:
+        run_id = store.new_run("r.toml", "", {}, "h")
+
+        def rows():
+            for i in range(250):
+                if i == 180:
+                    raise RuntimeError("source failed at row 180")
+                yield {"run_id": run_id, "round": 0, "idx": i, "text": f"p{i}", "norm": f"p{i}", "status": "new"}
+
+        with pytest.raises(RuntimeError, match="row 180"):
+            store.insert_prompts(rows())
+        assert store.prompts(run_id) == []
+    finally:
+        store.close()

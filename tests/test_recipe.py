@@ -150,3 +150,23 @@ def test_check_command_accepts_a_good_recipe(tiny, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "ok (5 seed prompts, 3 rounds" in out.stdout
     assert not (tmp_path / "x.db").exists()
+
+
+def test_the_tool_reads_back_its_own_export_and_bom_files(tiny, tmp_path):
+    """Answers may hold U+2028/U+2029/U+0085, which the export writes raw (valid JSON); the reader must not split
+    records there. A seeds file saved with a UTF-8 byte-order mark reads like one without."""
+    import json
+
+    from tskd_lite.train import read_pairs
+
+    odd = "line\u2028separator, paragraph\u2029separator, next\u0085line"
+    dataset = tmp_path / "export.jsonl"
+    record = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": odd}]}
+    dataset.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert read_pairs(dataset) == [("q", odd, None)]
+
+    raw = recipe_dict(tiny, tmp_path / "bom.db")
+    raw["seeds"] = {"file": tmp_path / "seeds.txt"}
+    (tmp_path / "seeds.txt").write_bytes("\ufeffFirst seed?\r\nSecond seed?\r\n".encode())
+    recipe = load_recipe(write_recipe(tmp_path / "bom.toml", raw))
+    assert recipe.seeds.prompts == ("First seed?", "Second seed?")

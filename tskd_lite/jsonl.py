@@ -11,8 +11,11 @@ from tskd_lite.errors import TskdError
 
 
 def read_lines(path: Path, where: str) -> list[str]:
+    """The file's lines, split at line ends only (text mode folds \\r\\n and \\r into \\n): str.splitlines() also
+    splits at U+2028, U+2029, U+0085 and others, which JSON strings may hold raw (the export writes them so), and
+    would cut such a record in two. A UTF-8 byte-order mark at the start is dropped."""
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        return path.read_text(encoding="utf-8-sig").split("\n")
     except FileNotFoundError:
         raise TskdError(f"{where}: file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as e:

@@ -67,7 +67,10 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        with self.db.conn:
+        """One real transaction (nested: a savepoint). Not `with db.conn:`: sqlite-utils commits each of its own
+        calls (and inserts in chunks of 100) unless they run inside `atomic()`, so a failure or a kill half-way
+        through a step would leave half of it committed."""
+        with self.db.atomic():
             yield
 
     def _create(self) -> None:
@@ -247,6 +250,14 @@ class Store:
                 [run_id, round_],
             )
         )
+
+    def answered_pairs(self, run_id: int, round_: int) -> list[tuple[str, str]]:
+        """(prompt, answer) of a round's answered prompts, kept or not, empty answers left out."""
+        return self.db.execute(
+            """select p.text, a.text from prompts p join answers a on a.prompt_id = p.id
+               where p.run_id = ? and p.round = ? and a.text != '' order by p.idx""",
+            [run_id, round_],
+        ).fetchall()
 
     def add_answers(self, rows: list[dict]) -> None:
         with self.transaction():
