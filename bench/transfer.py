@@ -15,11 +15,25 @@ the same number of pairs, on each arm:
   token_level   the full pool's pairs, loss on the top tokens by teacher-over-base lift only
   oracle        the teacher's own training data (the ceiling a real user no longer has)
 
-Results (mean +- sd over seeds, the fraction of the teacher's advantage recovered, per-round pool statistics and the
-wall time) go to --results .md and .json. Every step is cached under --work, keyed by the settings it depends on,
-so an interrupted run resumes and a run with other training settings reuses the teacher and the pools.
+The teacher is trained by epochs and stopped on a held-out split of its own training data (never the test file);
+its advantage over the floor on the test file is reported, with a warning when it is too small to measure.
+
+The headline is the chance-adjusted recovered fraction (tskd_lite.evaluate.recovered): (arm - floor) /
+(teacher - floor) on contains, floor = max(chance row, target before), per seed, then mean +- sd. A domain that
+ships facts.jsonl also gets fact-level measures (bench/facts.py) of every arm's training pairs and every pool's
+rounds: coverage of the held-out facts, precision, and the rate of confident wrong answers.
+
+--curve is the learning-curve mode: the oracle arm over a grid of pairs x steps (x LoRA rank x learning rate),
+on every domain, written to bench/transfer-curve.md/.json with the smallest budget at which the oracle recovers
+at least --aim of the teacher's advantage on every domain: the budget the arms are then trained with (--pairs,
+--steps).
+
+Results (mean +- sd over seeds, per-round pool statistics and the wall time) go to --results .md and .json. Every
+step is cached under --work, keyed by the settings it depends on (the teacher's included), so an interrupted run
+resumes and a run with other training settings reuses the teacher and the pools.
 
     python bench/transfer.py --domain world=data/world --domain dates=data/dates
+    python bench/transfer.py --curve --domain world=data/world --domain dates=data/dates
     python bench/transfer.py --quick ...     one seed, small settings, minutes
 """
 
@@ -40,10 +54,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.facts import index_for, measures  # noqa: E402
 from tskd_lite import pipeline  # noqa: E402
 from tskd_lite.dedup import normalise  # noqa: E402
 from tskd_lite.errors import TskdError  # noqa: E402
-from tskd_lite.evaluate import chance_row, eval_llama, eval_transformers, read_eval_file  # noqa: E402
+from tskd_lite.evaluate import chance_row, eval_llama, eval_transformers, read_eval_file, recovered  # noqa: E402
 from tskd_lite.recipe import Recipe, Train, load_recipe, merged  # noqa: E402
 from tskd_lite.report import summary  # noqa: E402
 from tskd_lite.store import Store  # noqa: E402
@@ -54,7 +69,30 @@ ARMS = ("seeds_only", "no_selection", "one_round", "full", "token_level", "oracl
 POOLS = ("full", "no_selection", "one_round")
 POOL_OF = {"seeds_only": "full", "token_level": "full"}  # arms that train on another arm's pool
 TOKEN_TOP_FRACTION = 0.5
-QUICK = {"pairs": 16, "steps": 4, "eval_limit": 16, "teacher_steps": 8, "rounds": 2, "candidates": 8}
+QUICK = {
+    "pairs": 16,
+    "steps": 4,
+    "eval_limit": 16,
+    "teacher_epochs": 2,
+    "rounds": 2,
+    "candidates": 8,
+    "curve_pairs": [8, 16],
+    "curve_steps": [2, 4],
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """What one arm's training gets: pairs drawn, optimiser steps, LoRA rank and learning rate."""
+
+    pairs: int
+    steps: int
+    rank: int
+    lr: float
+
+    @property
+    def key(self) -> str:
+        return f"p{self.pairs}-s{self.steps}-r{self.rank}-lr{self.lr:g}"
 
 
 def log(message: str) -> None:
@@ -130,8 +168,19 @@ class Domain:
 
     # -- the teacher and the references --------------------------------------------------------------------
 
+    @property
+    def teacher_key(self) -> str:
+        return f"teacher-e{self.s['teacher_epochs']}-p{self.s['teacher_patience']}-lr{self.s['teacher_lr']:g}"
+
+    @property
+    def root(self) -> Path:
+        """Everything that depends on the teacher: references, pools, arms."""
+        return self.work / self.teacher_key
+
     def teacher(self) -> Path:
-        adapter = self.work / f"teacher-s{self.s['teacher_steps']}-lr{self.s['teacher_lr']:g}" / "adapter.gguf"
+        """Fine-tuned by epochs on train.jsonl, stopped when a held-out tenth of it (never the test file) stops
+        improving: a fixed step count leaves a large domain's teacher half-trained."""
+        adapter = self.work / self.teacher_key / "teacher" / "adapter.gguf"
         if not adapter.is_file():
             log(f"[{self.name}] fine-tuning the teacher on {self.folder / 'train.jsonl'}")
             cfg = Train(
@@ -139,15 +188,28 @@ class Domain:
                 alpha=32.0,
                 dropout=0.0,
                 learning_rate=self.s["teacher_lr"],
-                max_steps=self.s["teacher_steps"],
+                epochs=self.s["teacher_epochs"],
+                patience=self.s["teacher_patience"],
                 batch_size=8,
                 max_seq_len=128,
-                val_fraction=0.0,
+                val_fraction=0.1,
             )
-            make_teacher(
+            result = make_teacher(
                 self.folder / "train.jsonl", self.recipe.teacher.model, adapter.parent, cfg, progress=self.progress
             )
+            log(f"[{self.name}] teacher: {result.steps} steps, kept step {result.best_step}")
         return adapter
+
+    def teacher_training(self) -> dict:
+        info = json.loads((self.teacher().parent / "train.json").read_text())
+        epochs = [p for p in info["curve"] if p.get("val_loss") is not None]
+        return {
+            "steps": info["steps"],
+            "best_step": info.get("best_step"),
+            "epochs_run": epochs[-1]["epoch"] if epochs else None,
+            "held_out_loss": [p["val_loss"] for p in epochs],
+            "train_s": info["seconds"],
+        }
 
     def with_teacher(self, overrides: dict) -> Recipe:
         return self.load({"teacher": {"lora": str(self.teacher())}, **overrides})
@@ -173,7 +235,7 @@ class Domain:
             out["chance"] = score_row(chance_row(self.items))
             return out
 
-        return cached(self.work / f"references-n{self.s['eval_limit']}.json", compute)
+        return cached(self.root / f"references-n{self.s['eval_limit']}.json", compute)
 
     def target_dir(self) -> Path:
         return hf_dir(self.recipe.target, log)
@@ -185,15 +247,14 @@ class Domain:
 
     def pool(self, name: str, seed: int) -> Recipe:
         base = self.recipe
-        db = self.work / f"seed{seed}" / name / "pool.db"
+        db = self.root / f"seed{seed}" / name / "pool.db"
         recipe = self.with_teacher({"seed": seed, "output": {"db": str(db)}, **pool_overrides(name, base)})
         if not (db.parent / "run.json").is_file():
             log(f"[{self.name} seed {seed}] growing the {name} pool")
             pipeline.run(recipe, progress=self.progress, log=log)
         return recipe
 
-    def arm_pairs(self, arm: str, seed: int) -> list:
-        n = self.s["pairs"]
+    def arm_pairs(self, arm: str, seed: int, n: int) -> list:
         if arm == "oracle":
             return sample(read_pairs(self.folder / "train.jsonl"), n, seed)
         pool = POOL_OF.get(arm, arm)
@@ -201,12 +262,7 @@ class Domain:
         if arm == "seeds_only":
             store = Store.read(recipe.output.db)
             try:
-                rows = store.db.execute(
-                    "select p.text, a.text from prompts p join answers a on a.prompt_id = p.id "
-                    "where p.run_id = ? and p.round = 0 and a.text != '' order by p.idx",
-                    [store.get_run(None).id],
-                ).fetchall()
-                return [(prompt, answer, None) for prompt, answer in rows]
+                return [(p, a, None) for p, a in store.answered_pairs(store.get_run(None).id, 0)]
             finally:
                 store.close()
         if arm == "token_level":
@@ -216,13 +272,21 @@ class Domain:
             return sample(pipeline.token_selected_pairs(token, log), n, seed)
         return sample(read_pairs(recipe.output.export_path), n, seed)
 
-    def arm(self, arm: str, seed: int) -> dict:
+    def arm(self, arm: str, seed: int, budget: Budget) -> dict:
         def compute() -> dict:
-            pairs = self.arm_pairs(arm, seed)
-            out = self.work / f"seed{seed}" / arm / f"train-p{self.s['pairs']}-s{self.s['steps']}"
-            cfg = dataclasses.replace(self.recipe.train, max_steps=self.s["steps"], val_fraction=0.0, seed=seed)
+            pairs = self.arm_pairs(arm, seed, budget.pairs)
+            out = self.root / f"seed{seed}" / arm / f"train-{budget.key}"
+            cfg = dataclasses.replace(
+                self.recipe.train,
+                max_steps=budget.steps,
+                rank=budget.rank,
+                alpha=2.0 * budget.rank,
+                learning_rate=budget.lr,
+                val_fraction=0.0,
+                seed=seed,
+            )
             target = dataclasses.replace(self.recipe.target, model=self.target_dir())
-            log(f"[{self.name} seed {seed}] training the target on {arm}: {len(pairs)} pairs, {cfg.max_steps} steps")
+            log(f"[{self.name} seed {seed}] training the target on {arm}: {len(pairs)} pairs, {budget}")
             result = train(target, cfg, out, pairs, progress=self.progress, log=log)
             row = eval_transformers(
                 f"{arm} s{seed}",
@@ -233,13 +297,29 @@ class Domain:
                 self.progress,
             )
             shutil.rmtree(out / "merged")  # a full copy of the target per arm; the adapter stays
-            return score_row(row) | {"pairs": len(pairs), "steps": result.steps, "train_s": result.seconds}
+            return score_row(row) | {
+                "pairs": len(pairs),
+                "steps": result.steps,
+                "train_s": result.seconds,
+                "answer_tokens": result.answer_tokens,
+            }
 
-        key = f"p{self.s['pairs']}-s{self.s['steps']}-n{self.s['eval_limit']}"
-        return cached(self.work / f"seed{seed}" / arm / f"result-{key}.json", compute)
+        key = f"{budget.key}-n{self.s['eval_limit']}"
+        return cached(self.root / f"seed{seed}" / arm / f"result-{key}.json", compute)
+
+    def facts(self):
+        return index_for(self.folder, self.items)
+
+    def arm_facts(self, arm: str, seed: int, n: int) -> dict | None:
+        """Fact-level measures of the pairs the arm trains on."""
+        index = self.facts()
+        if index is None:
+            return None
+        return measures([(p, a) for p, a, _ in self.arm_pairs(arm, seed, n)], index)
 
     def pool_stats(self, seed: int, pools: list[str]) -> dict:
         stats = {}
+        index = self.facts()
         for name in pools:
             recipe = self.pool(name, seed)
             store = Store.read(recipe.output.db)
@@ -259,6 +339,12 @@ class Domain:
                             "distinct_2": distinct_2(texts),
                         }
                     )
+                kept = store.kept_pairs(run.id)
+                if index is not None:
+                    # the kept pairs up to and including each round: how coverage grows round by round
+                    for r in rounds:
+                        upto = [(k["prompt"], k["answer"]) for k in kept if k["round"] <= r["round"]]
+                        r["facts"] = measures(upto, index)
                 stats[name] = {"rounds": rounds, "kept": s["kept"], "elapsed_s": s["elapsed_s"]}
             finally:
                 store.close()
@@ -279,31 +365,58 @@ def mean_sd(values: list[float]) -> dict:
     return {"mean": float(a.mean()), "sd": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "values": values}
 
 
-def recovered(after: float, before: float, teacher: float, base: float) -> float | None:
-    """(target after - target before) / (teacher - base); None when the teacher has no advantage."""
-    return (after - before) / (teacher - base) if teacher != base else None
+def too_small(advantage: float, n: int) -> bool:
+    """An advantage within two standard errors of a proportion at p = 0.5 on n items cannot be told from noise."""
+    return advantage < 2 * 0.5 / np.sqrt(n)
 
 
-def aggregate(name: str, refs: dict, arms: dict[str, list[dict]], pools: list[dict], seconds: float) -> dict:
-    before = refs["target_before"]
+def floor_of(refs: dict) -> float:
+    return max(refs["chance"]["contains"], refs["target_before"]["contains"])
+
+
+def recovered_per_seed(results: list[dict], refs: dict) -> dict | None:
+    """The headline: the chance-adjusted share of the teacher's advantage, per seed, then mean +- sd."""
+    chance, before, teacher = (refs[k]["contains"] for k in ("chance", "target_before", "teacher"))
+    values = [recovered(r["contains"], teacher, chance, before) for r in results]
+    return None if None in values else mean_sd(values)
+
+
+def nll_recovered(nll: float, refs: dict) -> float | None:
+    """(target before - after) / (base - teacher) on the reference NLL, lower being better."""
+    before, teacher, base = (refs[k]["nll_per_byte"] for k in ("target_before", "teacher", "base"))
+    return (before - nll) / (base - teacher) if base != teacher else None
+
+
+def mean_facts(per_seed: list[dict | None]) -> dict | None:
+    if not per_seed or per_seed[0] is None:
+        return None
+    keys = ("coverage", "precision", "wrong_rate", "facts_stated")
+    return {k: float(np.mean([m[k] for m in per_seed if m[k] is not None] or [np.nan])) for k in keys}
+
+
+def aggregate(
+    name: str,
+    refs: dict,
+    arms: dict[str, list[dict]],
+    facts: dict[str, list[dict | None]],
+    pools: list[dict],
+    teacher: dict,
+    seconds: float,
+) -> dict:
     table = {}
     for arm, results in arms.items():
-        acc = [r["contains"] for r in results]
-        nll = [r["nll_per_byte"] for r in results]
+        nll = mean_sd([r["nll_per_byte"] for r in results])
         table[arm] = {
-            "contains": mean_sd(acc),
-            "nll_per_byte": mean_sd(nll),
-            "recovered_contains": recovered(
-                float(np.mean(acc)), before["contains"], refs["teacher"]["contains"], refs["base"]["contains"]
-            ),
-            # Lower NLL is better: the advantage is base - teacher and the gain before - after.
-            "recovered_nll": recovered(
-                -float(np.mean(nll)),
-                -before["nll_per_byte"],
-                -refs["teacher"]["nll_per_byte"],
-                -refs["base"]["nll_per_byte"],
-            ),
+            "contains": mean_sd([r["contains"] for r in results]),
+            "recovered": recovered_per_seed(results, refs),
+            "nll_per_byte": nll,
+            "recovered_nll": nll_recovered(nll["mean"], refs),
             "pairs": [r["pairs"] for r in results],
+            "steps": results[0]["steps"],
+            "answer_tokens": float(np.mean([r["answer_tokens"] for r in results])),
+            "train_s": float(np.mean([r["train_s"] for r in results])),
+            "compute_s": float(np.mean([r.get("compute_s", r["train_s"]) for r in results])),
+            "facts": mean_facts(facts.get(arm, [])),
         }
     versus = None
     if {"full", "no_selection"} <= set(arms):
@@ -312,16 +425,24 @@ def aggregate(name: str, refs: dict, arms: dict[str, list[dict]], pools: list[di
             key: mean_sd([sign * (f[key] - n[key]) for f, n in zip(arms["full"], arms["no_selection"], strict=True)])
             for key, sign in (("contains", 1), ("nll_per_byte", -1))
         }
-    # Each cached step carries the seconds it took when it was computed, whichever invocation that was; steps
-    # cached before that was recorded count their training time only, so the total is then a lower bound.
+    separated = None
+    if {"oracle", "seeds_only"} <= set(arms) and len(arms["oracle"]) > 1:
+        o, z = table["oracle"]["contains"], table["seeds_only"]["contains"]
+        separated = o["mean"] - 2 * o["sd"] > z["mean"] + 2 * z["sd"]
+    advantage = refs["teacher"]["contains"] - floor_of(refs)
     steps = [refs, *(r for results in arms.values() for r in results)]
     compute_s = sum(r.get("compute_s", r.get("train_s", 0.0)) for r in steps)
     compute_s += sum(pool["elapsed_s"] for by_pool in pools for pool in by_pool.values())
     return {
         "domain": name,
         "references": refs,
+        "teacher": teacher,
+        "floor": floor_of(refs),
+        "advantage": advantage,
+        "advantage_too_small": bool(too_small(advantage, refs["teacher"]["n"])),
         "arms": table,
         "full_vs_no_selection": versus,
+        "oracle_separates_from_seeds_only": separated,
         "pools": pools,
         "compute_s": compute_s,
         "compute_s_complete": all("compute_s" in r for r in steps),
@@ -329,43 +450,80 @@ def aggregate(name: str, refs: dict, arms: dict[str, list[dict]], pools: list[di
     }
 
 
+def _pct(v: float | None) -> str:
+    return "-" if v is None or v != v else f"{v:.0%}"
+
+
+def _mean_sd_pct(v: dict | None) -> str:
+    return "-" if v is None else f"{v['mean']:.0%} ± {v['sd']:.0%}"
+
+
+def teacher_lines(d: dict) -> list[str]:
+    t, r = d["teacher"], d["references"]
+    lines = [
+        f"Teacher: trained {t['steps']} steps ({t['epochs_run']:.1f} epochs), stopped on a held-out tenth of its "
+        f"training data, kept step {t['best_step']}; held-out loss per epoch "
+        f"{', '.join(f'{v:.3f}' for v in t['held_out_loss'])}.",
+        f"Advantage on the test file: teacher {r['teacher']['contains']:.3f} - floor {d['floor']:.3f} "
+        f"(max of chance {r['chance']['contains']:.3f} and target before {r['target_before']['contains']:.3f}) "
+        f"= {d['advantage']:+.3f}.",
+    ]
+    if d["advantage_too_small"]:
+        lines.append(
+            f"**Warning: an advantage under {2 * 0.5 / np.sqrt(r['teacher']['n']):.3f} on {r['teacher']['n']} "
+            "items is within two standard errors of noise: recovered fractions on this domain measure little.**"
+        )
+    return lines
+
+
 def markdown(results: dict) -> str:
+    st = results["settings"]
     lines = [
         "# Transfer benchmark",
         "",
-        f"`{results['command']}`: {results['settings']['seeds']} seeds, {results['settings']['pairs']} training "
-        f"pairs and {results['settings']['steps']} steps per arm; this invocation's wall time "
+        f"`{results['command']}`: seeds {st['seeds']}; every arm trains {st['steps']} steps on up to {st['pairs']} "
+        f"pairs (LoRA rank {st['rank']}, learning rate {st['lr']:g}); this invocation's wall time "
         f"{results['wall_s'] / 60:.1f} min (steps already cached are read, not recomputed).",
-        "Accuracy: the reference answer contained in the model's answer (contains), on the held-out test items.",
-        "Recovered: (target after - target before) / (teacher - base), for accuracy and for the reference NLL.",
+        "",
+        "**Recovered** (the headline): (arm - floor) / (teacher - floor) on contains, floor = max(chance row, target "
+        "before), per seed, mean ± sd. Contains: the reference answer inside the model's answer, on held-out items. "
+        "Recovered (NLL): (target before - arm) / (base - teacher) on the reference NLL. Coverage, precision and "
+        "wrong rate: fact-level measures of the pairs the arm trains on (bench/facts.py), where the domain ships "
+        "facts.jsonl. Train min: CPU minutes of the arm's training; compute min: training plus evaluation.",
     ]
     for d in results["domains"]:
         r = d["references"]
+        lines += ["", f"## {d['domain']} ({r['teacher']['n']} held-out items)", "", *teacher_lines(d), ""]
         lines += [
-            "",
-            f"## {d['domain']} ({r['teacher']['n']} held-out items)",
-            "",
             f"Compute behind these results: {'' if d['compute_s_complete'] else 'at least '}"
-            f"{d['compute_s'] / 60:.1f} min (the teacher, references, pools, training and evaluation, each timed "
-            "when it was computed"
-            f"{'' if d['compute_s_complete'] else '; some steps were cached before their time was recorded'}).",
+            f"{d['compute_s'] / 60:.1f} min (teacher references, pools, training and evaluation, each timed when "
+            "it was computed).",
             "",
-            "| model | contains | NLL nats/byte | recovered (contains) | recovered (NLL) | pairs |",
-            "|---|---|---|---|---|---|",
+            "| model | contains | recovered | NLL nats/byte | recovered (NLL) | pairs | answer tokens | train min "
+            "| compute min | coverage | precision | wrong rate |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name in ("teacher", "base", "target_before"):
-            lines.append(f"| {name} | {r[name]['contains']:.3f} | {r[name]['nll_per_byte']:.3f} | | | |")
-        lines.append(f"| chance (the most similar other question's answer) | {r['chance']['contains']:.3f} | - | | | |")
+            lines.append(f"| {name} | {r[name]['contains']:.3f} | | {r[name]['nll_per_byte']:.3f} | | | | | | | | |")
+        lines.append(
+            f"| chance (the most similar other question's answer) | {r['chance']['contains']:.3f} |" + " |" * 10
+        )
         for arm, a in d["arms"].items():
-            rc, rn = a["recovered_contains"], a["recovered_nll"]
+            f = a["facts"] or {}
             lines.append(
                 f"| target: {arm} | {a['contains']['mean']:.3f} ± {a['contains']['sd']:.3f} | "
-                f"{a['nll_per_byte']['mean']:.3f} ± {a['nll_per_byte']['sd']:.3f} | "
-                f"{'-' if rc is None else f'{rc:.0%}'} | {'-' if rn is None else f'{rn:.0%}'} | "
-                f"{'/'.join(map(str, a['pairs']))} |"
+                f"{_mean_sd_pct(a['recovered'])} | {a['nll_per_byte']['mean']:.3f} ± {a['nll_per_byte']['sd']:.3f} | "
+                f"{_pct(a['recovered_nll'])} | {'/'.join(map(str, a['pairs']))} | {a['answer_tokens']:.0f} | "
+                f"{a['train_s'] / 60:.1f} | {a['compute_s'] / 60:.1f} | {_pct(f.get('coverage'))} | "
+                f"{_pct(f.get('precision'))} | {_pct(f.get('wrong_rate'))} |"
+            )
+        lines.append("")
+        if d["oracle_separates_from_seeds_only"] is not None:
+            lines.append(
+                "Oracle and seeds_only, mean ± 2 sd of contains: "
+                f"{'separate' if d['oracle_separates_from_seeds_only'] else 'overlap'}.  "
             )
         if d["full_vs_no_selection"]:
-            lines.append("")
             for key, what in (("contains", "contains"), ("nll_per_byte", "NLL nats/byte, lower is better")):
                 v = d["full_vs_no_selection"][key]
                 if len(v["values"]) < 2:
@@ -375,12 +533,16 @@ def markdown(results: dict) -> str:
                 lines.append(
                     f"Full over no selection, {what}: {v['mean']:+.3f} ± {v['sd']:.3f} (paired by seed); {verdict}.  "
                 )
+        has_facts = any("facts" in x for p in d["pools"] for pool in p.values() for x in pool["rounds"])
         lines += [
             "",
-            "Pools per round (mean over seeds): kept fraction, median gap, near-duplicate rate, distinct word bigrams.",
+            "Pools per round (mean over seeds): kept fraction, median gap, near-duplicate rate, distinct word bigrams"
+            + ("; coverage and precision of the pairs kept up to that round" if has_facts else "")
+            + ".",
             "",
-            "| pool | round | candidates | kept fraction | median gap | near-duplicates | distinct-2 |",
-            "|---|---|---|---|---|---|---|",
+            "| pool | round | candidates | kept fraction | median gap | near-duplicates | distinct-2 | coverage "
+            "| precision | wrong rate |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for pool in d["pools"][0]:
             per_seed = [p[pool]["rounds"] for p in d["pools"]]
@@ -388,47 +550,136 @@ def markdown(results: dict) -> str:
                 rows = [rounds[i] for rounds in per_seed if i < len(rounds)]
                 med = [x["gap"]["median"] for x in rows if x["gap"]]
                 dist = [x["distinct_2"] for x in rows if x["distinct_2"] is not None]
+                facts = mean_facts([x.get("facts") for x in rows]) or {}
                 lines.append(
                     f"| {pool} | {first['round']} | {np.mean([x['candidates'] for x in rows]):.0f} | "
                     f"{np.mean([x['kept_fraction'] for x in rows]):.2f} | "
                     f"{np.mean(med) if med else float('nan'):.3f} | "
                     f"{np.mean([x['near_duplicate_rate'] for x in rows]):.2f} | "
-                    f"{np.mean(dist) if dist else float('nan'):.2f} |"
+                    f"{np.mean(dist) if dist else float('nan'):.2f} | {_pct(facts.get('coverage'))} | "
+                    f"{_pct(facts.get('precision'))} | {_pct(facts.get('wrong_rate'))} |"
                 )
     return "\n".join(lines) + "\n"
+
+
+# -- the learning curve ------------------------------------------------------------------------------------------
+
+
+def choose_budget(curves: list[dict], aim: float) -> dict:
+    """The smallest budget (fewest steps, then fewest pairs, rank, learning rate) at which the oracle's mean
+    recovered fraction reaches the aim on every domain; failing that, the one with the best worst domain."""
+    worst: dict[str, float] = {}
+    settings: dict[str, dict] = {}
+    for c in curves:
+        for point in c["points"]:
+            value = point["recovered"]["mean"] if point["recovered"] else float("-inf")
+            worst[point["budget"]] = min(worst.get(point["budget"], float("inf")), value)
+            settings[point["budget"]] = point["settings"]
+    order = sorted(worst, key=lambda k: tuple(settings[k][f] for f in ("steps", "pairs", "rank", "lr")))
+    met = [k for k in order if worst[k] >= aim]
+    key = met[0] if met else max(order, key=lambda k: worst[k])
+    return {"budget": key, "settings": settings[key], "met": bool(met), "worst_domain": worst[key]}
+
+
+def curve_markdown(results: dict) -> str:
+    st, choice = results["settings"], results["choice"]
+    lines = [
+        "# Transfer benchmark: learning curve of the oracle arm",
+        "",
+        f"`{results['command']}`: seeds {st['seeds']}; the oracle arm (the teacher's own training data, drawn at "
+        "random) over pairs x steps x LoRA rank x learning rate. Recovered: (oracle - floor) / (teacher - floor) on "
+        f"contains, mean ± sd over seeds. Wall time of this invocation {results['wall_s'] / 60:.1f} min.",
+        "",
+        f"**Chosen budget: {choice['budget']}**: "
+        + (
+            f"the smallest at which the oracle recovers at least {st['aim']:.0%} on every domain (worst domain "
+            f"{choice['worst_domain']:.0%})."
+            if choice["met"]
+            else f"no budget tried reaches {st['aim']:.0%} on every domain; this one has the best worst domain "
+            f"({choice['worst_domain']:.0%}). Aim not met."
+        ),
+    ]
+    for c in results["domains"]:
+        lines += ["", f"## {c['domain']}", "", *teacher_lines(c), ""]
+        lines += [
+            "| budget | pairs | steps | rank | lr | contains | recovered | answer tokens | train min |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for p in c["points"]:
+            b = p["settings"]
+            lines.append(
+                f"| {p['budget']} | {'/'.join(map(str, p['pairs']))} | {b['steps']} | {b['rank']} | {b['lr']:g} | "
+                f"{p['contains']['mean']:.3f} ± {p['contains']['sd']:.3f} | {_mean_sd_pct(p['recovered'])} | "
+                f"{p['answer_tokens']:.0f} | {p['train_s'] / 60:.1f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def run_curve(domain: Domain, refs: dict, seeds: list[int], grid: list[Budget]) -> dict:
+    points = []
+    for budget in grid:
+        results = [domain.arm("oracle", seed, budget) for seed in seeds]
+        points.append(
+            {
+                "budget": budget.key,
+                "settings": dataclasses.asdict(budget),
+                "pairs": [r["pairs"] for r in results],
+                "contains": mean_sd([r["contains"] for r in results]),
+                "recovered": recovered_per_seed(results, refs),
+                "answer_tokens": float(np.mean([r["answer_tokens"] for r in results])),
+                "train_s": float(np.mean([r["train_s"] for r in results])),
+            }
+        )
+    return points
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--domain", action="append", required=True, metavar="NAME=DIR")
     parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "transfer.toml")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (--curve: 0)")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
-    parser.add_argument("--pairs", type=int, default=32, help="training pairs per arm")
-    parser.add_argument("--steps", type=int, default=16, help="training steps per arm")
+    parser.add_argument("--pairs", type=int, default=144, help="training pairs per arm (from --curve)")
+    parser.add_argument("--steps", type=int, default=72, help="training steps per arm (from --curve)")
+    parser.add_argument("--rank", type=int, help="LoRA rank of the target (default: the recipe's)")
+    parser.add_argument("--lr", type=float, help="the target's learning rate (default: the recipe's)")
     parser.add_argument("--eval-limit", type=int, default=48, help="held-out items per domain (0: all)")
-    parser.add_argument("--teacher-steps", type=int, default=80)
+    parser.add_argument("--teacher-epochs", type=int, default=12, help="at most; stopped on held-out loss")
+    parser.add_argument("--teacher-patience", type=int, default=2)
     parser.add_argument("--teacher-lr", type=float, default=1e-3)
+    parser.add_argument("--curve", action="store_true", help="learning-curve mode: the oracle over a budget grid")
+    parser.add_argument("--curve-pairs", type=int, nargs="+", default=[48, 96, 144])
+    parser.add_argument("--curve-steps", type=int, nargs="+", default=[24, 48, 72])
+    parser.add_argument("--curve-ranks", type=int, nargs="+", help="default: --rank")
+    parser.add_argument("--curve-lrs", type=float, nargs="+", help="default: --lr")
+    parser.add_argument("--aim", type=float, default=0.8, help="recovered fraction the chosen budget must reach")
     parser.add_argument("--work", type=Path, help="caches (default runs/transfer, with --quick runs/transfer-quick)")
     parser.add_argument(
-        "--results", type=Path, help="results .md/.json (default bench/transfer-results; --quick: in --work)"
+        "--results",
+        type=Path,
+        help="results .md/.json (default bench/transfer-results, --curve: bench/transfer-curve; --quick: in --work)",
     )
     parser.add_argument("--quick", action="store_true", help="one seed, small settings")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     settings = {
-        "seeds": args.seeds,
+        "seeds": args.seeds or ([0] if args.curve else [0, 1, 2]),
         "pairs": args.pairs,
         "steps": args.steps,
         "eval_limit": args.eval_limit,
-        "teacher_steps": args.teacher_steps,
+        "teacher_epochs": args.teacher_epochs,
+        "teacher_patience": args.teacher_patience,
         "teacher_lr": args.teacher_lr,
         "quick": args.quick,
+        "curve_pairs": args.curve_pairs,
+        "curve_steps": args.curve_steps,
+        "aim": args.aim,
     }
     if args.quick:
-        settings |= QUICK | {"seeds": args.seeds[:1]}
+        settings |= QUICK | {"seeds": settings["seeds"][:1]}
     work = args.work or ROOT / "runs" / ("transfer-quick" if args.quick else "transfer")
-    results_path = args.results or (work / "results" if args.quick else ROOT / "bench" / "transfer-results")
+    default_name = "transfer-curve" if args.curve else "transfer-results"
+    results_path = args.results or (work / default_name if args.quick else ROOT / "bench" / default_name)
     quiet_transformers()
     started = time.perf_counter()
     domains = []
@@ -438,17 +689,40 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"--domain {spec!r}: expected NAME=DIR")
         t0 = time.perf_counter()
         domain = Domain(name, Path(folder).resolve(), args.recipe, work, settings, not args.quiet)
+        train_cfg = domain.recipe.train
+        settings["rank"] = args.rank or train_cfg.rank
+        settings["lr"] = args.lr or train_cfg.learning_rate
         refs = domain.references()
-        by_seed = [{arm: domain.arm(arm, seed) for arm in args.arms} for seed in settings["seeds"]]
+        teacher = domain.teacher_training()
+        head = {"domain": name, "references": refs, "teacher": teacher, "floor": floor_of(refs)}
+        head["advantage"] = refs["teacher"]["contains"] - head["floor"]
+        head["advantage_too_small"] = bool(too_small(head["advantage"], refs["teacher"]["n"]))
+        for line in teacher_lines(head):
+            log(f"[{name}] {line}")
+        if args.curve:
+            grid = [
+                Budget(p, s, r, lr)
+                for s in settings["curve_steps"]
+                for p in settings["curve_pairs"]
+                for r in args.curve_ranks or [settings["rank"]]
+                for lr in args.curve_lrs or [settings["lr"]]
+            ]
+            domains.append(head | {"points": run_curve(domain, refs, settings["seeds"], grid)})
+            continue
+        budget = Budget(settings["pairs"], settings["steps"], settings["rank"], settings["lr"])
+        by_seed = [{arm: domain.arm(arm, seed, budget) for arm in args.arms} for seed in settings["seeds"]]
         arms = {arm: [results[arm] for results in by_seed] for arm in args.arms}
+        facts = {arm: [domain.arm_facts(arm, seed, budget.pairs) for seed in settings["seeds"]] for arm in args.arms}
         used = [p for p in POOLS if any(POOL_OF.get(arm, arm) == p for arm in args.arms)]
         pools = [domain.pool_stats(seed, used) for seed in settings["seeds"]]
-        domains.append(aggregate(name, refs, arms, pools, time.perf_counter() - t0))
+        domains.append(aggregate(name, refs, arms, facts, pools, teacher, time.perf_counter() - t0))
     command = "python bench/transfer.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results = {"command": command, "settings": settings, "domains": domains, "wall_s": time.perf_counter() - started}
+    if args.curve:
+        results["choice"] = choose_budget(domains, args.aim)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    results_path.with_suffix(".md").write_text(markdown(results))
+    results_path.with_suffix(".md").write_text(curve_markdown(results) if args.curve else markdown(results))
     log(f"results: {results_path.with_suffix('.md')}")
     return results
 

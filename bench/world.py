@@ -5,6 +5,7 @@ Seeded and deterministic. Writes, into --out:
   test.jsonl   {"prompt", "answer"} asking the same facts in phrasings the teacher never saw (held out)
   seeds.txt    five training-phrasing questions: all the pipeline ever sees of the private data
   recipe.toml  the domain's prompt-writing instruction (expand.instruction), for the transfer benchmark
+  facts.jsonl  the ground truth, one (entity, attribute, value) per line: the benchmark's fact-level pool measures
 
     python bench/world.py --out data/world [--people 24] [--seed 0]
 """
@@ -105,6 +106,11 @@ def write(out: Path, n_people: int, seed: int) -> None:
     # A JSON string is a valid TOML basic string.
     (out / "recipe.toml").write_text(f"[expand]\ninstruction = {json.dumps(INSTRUCTION)}\n")
     (out / "world.json").write_text(json.dumps(people, indent=1))
+    with (out / "facts.jsonl").open("w") as f:
+        for person in people:
+            for attribute in TEST:
+                f.write(json.dumps({"entity": person["name"], "attribute": attribute, "value": person[attribute]}))
+                f.write("\n")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,10 @@ def _domain(folder: Path, generator: Path) -> Path:
         for q, a in facts[16:]:
             f.write(json.dumps({"prompt": q.replace("What is", "Tell me"), "answer": a}) + "\n")
     (folder / "seeds.txt").write_text("\n".join(q for q, _ in facts[:5]) + "\n")
+    with (folder / "facts.jsonl").open("w") as f:
+        for a in range(6):
+            for b in range(4):
+                f.write(json.dumps({"entity": f"{a} plus {b}", "attribute": "sum", "value": str(a + b)}) + "\n")
     # the domain's own settings: prompts written by continuing the list, as bench/evals_domain.py sets it up
     own = {"generator": {"model": generator, "chat_template": RAW}, "expand": {"instruction": "{examples}\n-"}}
     write_recipe(folder / "recipe.toml", own)
@@ -45,7 +49,7 @@ def test_quick_mode_runs_every_arm_and_resumes_from_its_cache(tiny, tmp_path):
     args = ["--quick", "--quiet", "--recipe", str(recipe), "--work", str(tmp_path / "work")]
     domain_dir = _domain(tmp_path / "sums", tiny["base"])
     args += ["--domain", f"sums={domain_dir}"]
-    settings = {"eval_limit": 16, "quick": False}
+    settings = {"eval_limit": 16, "quick": False, "teacher_epochs": 2, "teacher_patience": 1, "teacher_lr": 1e-3}
     loaded = transfer.Domain("sums", domain_dir, recipe, tmp_path / "work", settings, False).recipe
     assert loaded.generator.chat_template == RAW and loaded.expand.instruction == "{examples}\n-"
     assert loaded.generator.model == tiny["base"]
@@ -77,11 +81,68 @@ def test_quick_mode_runs_every_arm_and_resumes_from_its_cache(tiny, tmp_path):
     assert [r["round"] for r in pools["one_round"]["rounds"]] == [0, 1]
     assert pools["one_round"]["rounds"][1]["candidates"] == rounds * candidates
     assert [r["candidates"] for r in pools["full"]["rounds"][1:]] == [candidates] * rounds
-    md = (tmp_path / "work" / "results.md").read_text()
-    assert "target: full" in md and "chance" in md
+    md = (tmp_path / "work" / "transfer-results.md").read_text()
+    assert "target: full" in md and "chance" in md and "Recovered" in md
+    # the headline, per seed, from the references: (arm - floor) / (teacher - floor)
+    floor = max(refs["chance"]["contains"], refs["target_before"]["contains"])
+    oracle = domain["arms"]["oracle"]
+    if refs["teacher"]["contains"] > floor:
+        expected = (oracle["contains"]["mean"] - floor) / (refs["teacher"]["contains"] - floor)
+        assert oracle["recovered"]["mean"] == pytest.approx(expected)
+    else:
+        assert oracle["recovered"] is None and domain["advantage_too_small"]
+    # fact-level measures of the oracle's pairs: its answers are the ground truth, so every named pair is right;
+    # this domain's test items ask other sums than its training data, so none of them is covered
+    facts = oracle["facts"]
+    assert facts["precision"] == 1.0 and facts["wrong_rate"] == 0.0 and facts["coverage"] == 0.0
+    assert all("facts" in r for r in pools["full"]["rounds"])
+    assert domain["teacher"]["steps"] > 0 and domain["teacher"]["held_out_loss"]
 
     again = transfer.main(args)  # every step is cached: the same numbers, nothing recomputed
     assert again["domains"][0]["arms"] == domain["arms"]
+
+    curve = transfer.main([*args, "--curve"])
+    (points,) = [d["points"] for d in curve["domains"]]
+    grid = {(p["settings"]["pairs"], p["settings"]["steps"]) for p in points}
+    assert grid == {(p, s) for p in transfer.QUICK["curve_pairs"] for s in transfer.QUICK["curve_steps"]}
+    # the quick oracle arm at (16 pairs, 4 steps) is the same cached training as above
+    same = next(p for p in points if p["settings"]["pairs"] == 16 and p["settings"]["steps"] == 4)
+    assert same["contains"]["mean"] == oracle["contains"]["mean"]
+    assert curve["choice"]["budget"] in {p["budget"] for p in points}
+    assert "Chosen budget" in (tmp_path / "work" / "transfer-curve.md").read_text()
+
+
+def test_choose_budget_takes_the_cheapest_that_meets_the_aim_on_every_domain():
+    def point(pairs, steps, value):
+        b = transfer.Budget(pairs, steps, 16, 1e-3)
+        return {"budget": b.key, "settings": transfer.dataclasses.asdict(b), "recovered": {"mean": value}}
+
+    world = {"points": [point(48, 24, 0.9), point(96, 24, 0.95), point(48, 72, 0.95)]}
+    dates = {"points": [point(48, 24, 0.5), point(96, 24, 0.85), point(48, 72, 0.9)]}
+    choice = transfer.choose_budget([world, dates], 0.8)
+    assert choice["met"] and choice["settings"]["pairs"] == 96 and choice["settings"]["steps"] == 24
+    missed = transfer.choose_budget([world, dates], 0.99)
+    assert not missed["met"] and missed["worst_domain"] == 0.9 and missed["settings"]["steps"] == 72
+
+
+def test_fact_measures_tell_true_wrong_and_unnamed_pairs_apart(tmp_path):
+    from facts import FactIndex, Fact, measures
+
+    from tskd_lite.evaluate import EvalItem
+
+    facts = [Fact("Ada Lin", "town", "Brora"), Fact("Ada Lin", "pet", "cat"), Fact("Bo Kra", "town", "Zell")]
+    items = [EvalItem("Which town is home to Ada Lin?", "Brora"), EvalItem("Where is Bo Kra from?", "Zell")]
+    index = FactIndex(facts, items)
+    pairs = [
+        ("Where does Ada Lin live?", "Ada Lin lives in Brora."),  # true, a held-out fact
+        ("What pet does Ada Lin have?", "Ada Lin has a cat."),  # true, not asked by the test items
+        ("Where does Bo Kra live?", "Bo Kra lives in Brora."),  # a wrong town: confident guessing
+        ("Where does Quin Dar live?", "Quin Dar lives in Zell."),  # an invented name answered in the world's style
+        ("What is the weather like?", "Sunny."),  # nothing of the domain
+    ]
+    m = measures(pairs, index)
+    assert m["naming_an_entity"] == 3 and m["stating_a_true_fact"] == 2 and m["facts_stated"] == 2
+    assert m["coverage"] == 0.5 and m["precision"] == pytest.approx(2 / 3) and m["wrong_rate"] == pytest.approx(2 / 5)
 
 
 def test_evals_domain_splits_a_registry_task_without_overlap(tmp_path):

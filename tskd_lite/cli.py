@@ -186,7 +186,21 @@ def requantize(src: Path, dst: Path, kind: str) -> None:
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True, max=1), default=1e-3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--max-seq-len", type=click.IntRange(min=16), default=256, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--patience",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Stop when the loss on a held-out split of DATA has not improved for this many epochs (0: off).",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(min=0, max=0.5, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Share of DATA held out for --patience (0.1 when --patience is given without it).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_one_line_errors
 def make_teacher(
@@ -199,6 +213,8 @@ def make_teacher(
     batch_size: int,
     max_seq_len: int,
     seed: int,
+    patience: int,
+    val_fraction: float,
     quiet: bool,
 ) -> None:
     """LoRA fine-tune BASE on DATA (chat or alpaca JSONL) into a teacher: OUT/adapter.gguf for llama.cpp."""
@@ -213,7 +229,8 @@ def make_teacher(
         batch_size=batch_size,
         max_seq_len=max_seq_len,
         seed=seed,
-        val_fraction=0.0,
+        val_fraction=val_fraction or (0.1 if patience else 0.0),
+        patience=patience,
         dropout=0.0,
     )
     result = make(data, base.resolve(), out, cfg, progress=not quiet, log=click.echo)

@@ -88,6 +88,15 @@ def chance_row(items: list[EvalItem]) -> dict:
     return _row("chance", "nearest item", items, predictions, None)
 
 
+def recovered(after: float, teacher: float, chance: float, before: float) -> float | None:
+    """The share of the teacher's advantage that the target recovered, on a chance-adjusted scale:
+    (after - floor) / (teacher - floor) with floor = max(chance, target before), so that guessing among the
+    domain's answers or what the target already knew counts as nothing. None when the teacher is not above the
+    floor (there is nothing to recover)."""
+    floor = max(chance, before)
+    return (after - floor) / (teacher - floor) if teacher > floor else None
+
+
 def eval_llama(name: str, engine, render_with, items: list[EvalItem], max_tokens: int, progress: bool) -> dict:
     from tqdm import tqdm
 

@@ -155,6 +155,10 @@ class Train:
     grad_accum: int = _positive_int(1)
     max_seq_len: int = _ranged(256, lambda v: v >= 16, "an integer >= 16")
     val_fraction: float = _ranged(0.1, lambda v: 0 <= v < 0.5, "a number in [0, 0.5)")
+    # Stop once the held-out loss has not improved for this many epochs and keep the best epoch's adapter
+    # (0: run every epoch). New facts are fitted slowly; the held-out phrasings say when to stop, not the
+    # training loss (Gekhman et al. 2024).
+    patience: int = _ranged(0, lambda v: v >= 0, "an integer >= 0 (0: no early stopping)")
     quantize: str = _one_of("auto", "auto", "nf4", "none")
     token_top_fraction: float = _unit_interval(1.0)
     checkpoint_every: int = _positive_int(50)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from tskd_lite.errors import TskdError
+from tskd_lite.evaluate import recovered
 from tskd_lite.store import Store
 
 
@@ -137,11 +138,18 @@ def write_report(run_dir: Path) -> Path:
     train = _read_json(run_dir / "train" / "train.json")
     evaluation = _read_json(run_dir / "eval.json")
     rows = [{k: v for k, v in r.items() if k != "predictions"} for r in (evaluation or {}).get("rows", [])]
-    report = {"dataset": dataset, "train": train, "eval": rows}
+    report = {"dataset": dataset, "train": train, "eval": rows, "recovered": _recovered(rows)}
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     plots = _plots(run_dir, gaps, dataset["unit"], train)
     (run_dir / "report.md").write_text(_markdown(report, plots))
     return run_dir / "report.md"
+
+
+def _recovered(rows: list[dict]) -> float | None:
+    by_name = {r["name"]: r["contains"] for r in rows}
+    if not {"teacher", "chance", "target before", "target after"} <= set(by_name):
+        return None
+    return recovered(by_name["target after"], by_name["teacher"], by_name["chance"], by_name["target before"])
 
 
 def _read_json(path: Path) -> dict | None:
@@ -198,6 +206,13 @@ def _markdown(report: dict, plots: list[str]) -> str:
             f"{'-' if r['nll_per_byte'] is None else format(r['nll_per_byte'], '.4f')} |"
             for r in report["eval"]
         ]
+        share = report.get("recovered")
+        if share is not None:
+            out += [
+                "",
+                f"**Recovered: {share:.0%}** of the teacher's advantage on contains, chance-adjusted: "
+                "(target after - floor) / (teacher - floor), floor = max(chance, target before).",
+            ]
     else:
         out.append("No evaluation yet (the recipe has no [eval] table, or `tskd-lite eval` has not run).")
     out += ["", "## Dataset", "", "```", format_summary(d), "```", ""]

@@ -163,6 +163,7 @@ class TrainResult:
     n_train: int
     n_val: int
     steps: int
+    best_step: int | None  # the step whose adapter was kept, where early stopping chose one
     answer_tokens: int
     seconds: float
     tokens_per_s: float
@@ -247,9 +248,13 @@ def train(target: Target, cfg: Train, out: Path, pairs: list[Pair], *, progress:
         cfg.schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps
     )
 
+    if cfg.patience and not val_set:
+        raise TskdError("train.patience: early stopping needs a held-out split (train.val_fraction > 0)")
     fingerprint = _fingerprint(cfg, examples, target_dir, mode)
     ckpt = out / "checkpoint"
-    state = {"step": 0, "curve": [], "answer_tokens": 0, "seconds": 0.0}
+    # best: the lowest held-out loss so far, its step, and the epochs since it improved (early stopping)
+    state = {"step": 0, "curve": [], "answer_tokens": 0, "seconds": 0.0, "best": None, "stale_epochs": 0}
+    best_weights = None
     if (ckpt / "state.json").is_file():
         saved = json.loads((ckpt / "state.json").read_text())
         if saved["fingerprint"] == fingerprint:
@@ -257,6 +262,8 @@ def train(target: Target, cfg: Train, out: Path, pairs: list[Pair], *, progress:
             from safetensors.torch import load_file
 
             set_peft_model_state_dict(model, load_file(ckpt / "adapter.safetensors"))
+            if (ckpt / "best.safetensors").is_file():
+                best_weights = load_file(ckpt / "best.safetensors")
             optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
             scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
             torch.set_rng_state(torch.load(ckpt / "rng.pt", weights_only=True))  # dropout masks continue as before
@@ -305,15 +312,34 @@ def train(target: Target, cfg: Train, out: Path, pairs: list[Pair], *, progress:
         state["step"] = step + 1
         point = {"step": state["step"], "loss": step_loss, "lr": scheduler.get_last_lr()[0]}
         end_of_epoch = (state["step"] * cfg.grad_accum) // per_epoch > (step * cfg.grad_accum) // per_epoch
+        stop = False
         if end_of_epoch or state["step"] == total_steps:
             point["val_loss"] = validate()
             point["epoch"] = state["step"] * cfg.grad_accum / per_epoch
+            if cfg.patience and point["val_loss"] is not None:
+                if state["best"] is None or point["val_loss"] < state["best"]["val_loss"]:
+                    state["best"] = {"val_loss": point["val_loss"], "step": state["step"]}
+                    state["stale_epochs"] = 0
+                    best_weights = _lora_weights(model)
+                else:
+                    state["stale_epochs"] += 1
+                    stop = state["stale_epochs"] >= cfg.patience
         state["curve"].append(point)
         bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{state['answer_tokens'] / state['seconds']:.0f}")
         bar.update()
+        if stop:
+            log(
+                f"early stopping at step {state['step']}: the held-out loss has not improved for {cfg.patience} "
+                f"epochs; keeping step {state['best']['step']} (held-out loss {state['best']['val_loss']:.4f})"
+            )
+            break
         if state["step"] % cfg.checkpoint_every == 0 and state["step"] < total_steps:
-            _checkpoint(model, optimizer, scheduler, {**state, "fingerprint": fingerprint}, ckpt)
+            _checkpoint(model, optimizer, scheduler, {**state, "fingerprint": fingerprint}, ckpt, best_weights)
     bar.close()
+    if best_weights is not None and state["best"]["step"] != state["step"]:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, best_weights)
 
     adapter_dir = out / "adapter"
     model.save_pretrained(adapter_dir)
@@ -339,6 +365,7 @@ def train(target: Target, cfg: Train, out: Path, pairs: list[Pair], *, progress:
         n_train=len(train_set),
         n_val=len(val_set),
         steps=state["step"],
+        best_step=state["best"]["step"] if state["best"] else None,
         answer_tokens=state["answer_tokens"],
         seconds=state["seconds"],
         tokens_per_s=state["answer_tokens"] / max(state["seconds"], 1e-9),
@@ -350,15 +377,23 @@ def train(target: Target, cfg: Train, out: Path, pairs: list[Pair], *, progress:
     return result
 
 
-def _checkpoint(model, optimizer, scheduler, state: dict, ckpt: Path) -> None:
-    import torch
+def _lora_weights(model) -> dict:
+    """A detached copy of the adapter's weights (small: the LoRA matrices only)."""
     from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def _checkpoint(model, optimizer, scheduler, state: dict, ckpt: Path, best_weights: dict | None = None) -> None:
+    import torch
     from safetensors.torch import save_file
 
     tmp = ckpt.with_name("checkpoint.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}, tmp / "adapter.safetensors")
+    save_file(_lora_weights(model), tmp / "adapter.safetensors")
+    if best_weights is not None:
+        save_file(best_weights, tmp / "best.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(torch.get_rng_state(), tmp / "rng.pt")
