@@ -14,6 +14,9 @@ the same number of pairs, on each arm:
   full          iterative perplexity-gap selection (the recipe as written)
   token_level   the full pool's pairs, loss on the top tokens by teacher-over-base lift only
   oracle        the teacher's own training data (the ceiling a real user no longer has)
+  full_aug      the full pool grown with paraphrase augmentation (expand.paraphrases = --paraphrases)
+  oracle_aug    the oracle's pairs plus the teacher's answers to paraphrases of their prompts, written and selected
+                the way full_aug's are (a pool whose seeds are the oracle's prompts, no expansion rounds)
 
 The teacher is trained by epochs and stopped on a held-out split of its own training data (never the test file);
 its advantage over the floor on the test file is reported, with a warning when it is too small to measure.
@@ -65,8 +68,8 @@ from tskd_lite.store import Store  # noqa: E402
 from tskd_lite.target import Formatter, hf_dir, quiet_transformers  # noqa: E402
 from tskd_lite.train import make_teacher, read_pairs, train  # noqa: E402
 
-ARMS = ("seeds_only", "no_selection", "one_round", "full", "token_level", "oracle")
-POOLS = ("full", "no_selection", "one_round")
+ARMS = ("seeds_only", "no_selection", "one_round", "full", "token_level", "oracle", "full_aug", "oracle_aug")
+POOLS = ("full", "no_selection", "one_round", "full_aug")
 POOL_OF = {"seeds_only": "full", "token_level": "full"}  # arms that train on another arm's pool
 TOKEN_TOP_FRACTION = 0.5
 QUICK = {
@@ -99,11 +102,13 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def pool_overrides(pool: str, recipe: Recipe) -> dict:
+def pool_overrides(pool: str, recipe: Recipe, paraphrases: int) -> dict:
     """The recipe changes that make each pool; every pool generates the same number of prompts."""
     budget = {"target_kept": 1 << 30}  # run every round, whatever is kept, so the arms generate alike
     if pool == "full":
         return {"expand": budget}
+    if pool == "full_aug":
+        return {"expand": {**budget, "paraphrases": paraphrases}}
     if pool == "no_selection":
         return {"expand": budget, "select": {"rule": "ppl_ratio", "tau": 1e-9, "top_fraction": 1.0}}
     if pool == "one_round":
@@ -248,7 +253,28 @@ class Domain:
     def pool(self, name: str, seed: int) -> Recipe:
         base = self.recipe
         db = self.root / f"seed{seed}" / name / "pool.db"
-        recipe = self.with_teacher({"seed": seed, "output": {"db": str(db)}, **pool_overrides(name, base)})
+        overrides = pool_overrides(name, base, self.s["paraphrases"])
+        recipe = self.with_teacher({"seed": seed, "output": {"db": str(db)}, **overrides})
+        return self._grown(recipe, name, seed)
+
+    def oracle_pool(self, seed: int, n: int) -> Recipe:
+        """Paraphrases of the oracle sample's prompts, answered and selected as full_aug's are."""
+        folder = self.root / f"seed{seed}" / f"oracle_aug-p{n}"
+        seeds = folder / "seeds.txt"
+        if not seeds.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            prompts = [p for p, _, _ in sample(read_pairs(self.folder / "train.jsonl"), n, seed)]
+            seeds.write_text("".join(" ".join(p.split()) + "\n" for p in prompts))
+        overrides = {
+            "seed": seed,
+            "output": {"db": str(folder / "pool.db")},
+            "seeds": {"file": str(seeds)},
+            "expand": {"rounds": 0, "target_kept": 1 << 30, "paraphrases": self.s["paraphrases"]},
+        }
+        return self._grown(self.with_teacher(overrides), "oracle_aug", seed)
+
+    def _grown(self, recipe: Recipe, name: str, seed: int) -> Recipe:
+        db = recipe.output.db
         if not (db.parent / "run.json").is_file():
             log(f"[{self.name} seed {seed}] growing the {name} pool")
             pipeline.run(recipe, progress=self.progress, log=log)
@@ -257,6 +283,14 @@ class Domain:
     def arm_pairs(self, arm: str, seed: int, n: int) -> list:
         if arm == "oracle":
             return sample(read_pairs(self.folder / "train.jsonl"), n, seed)
+        if arm == "oracle_aug":
+            store = Store.read(self.oracle_pool(seed, n).output.db)
+            try:
+                rows = store.kept_pairs(store.get_run(None).id)
+            finally:
+                store.close()
+            paraphrased = [(r["prompt"], r["answer"], None) for r in rows if r["source"] == "paraphrase"]
+            return self.arm_pairs("oracle", seed, n) + paraphrased
         pool = POOL_OF.get(arm, arm)
         recipe = self.pool(pool, seed)
         if arm == "seeds_only":
@@ -333,6 +367,7 @@ class Domain:
                         {
                             "round": r["round"],
                             "candidates": r["candidates"],
+                            "paraphrases": r["paraphrases"],
                             "near_duplicate_rate": r["duplicates"] / max(r["candidates"], 1),
                             "kept_fraction": (r["kept"] or 0) / max(r["scored"], 1),
                             "gap": r["gap"],
@@ -653,6 +688,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--curve-ranks", type=int, nargs="+", help="default: --rank")
     parser.add_argument("--curve-lrs", type=float, nargs="+", help="default: --lr")
     parser.add_argument("--aim", type=float, default=0.8, help="recovered fraction the chosen budget must reach")
+    parser.add_argument("--paraphrases", type=int, default=2, help="rewrites per kept prompt in the _aug arms")
     parser.add_argument("--work", type=Path, help="caches (default runs/transfer, with --quick runs/transfer-quick)")
     parser.add_argument(
         "--results",
@@ -674,6 +710,7 @@ def main(argv: list[str] | None = None) -> dict:
         "curve_pairs": args.curve_pairs,
         "curve_steps": args.curve_steps,
         "aim": args.aim,
+        "paraphrases": args.paraphrases,
     }
     if args.quick:
         settings |= QUICK | {"seeds": settings["seeds"][:1]}

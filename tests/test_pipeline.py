@@ -36,7 +36,8 @@ def _snapshot(db_path: Path) -> dict:
     q = lambda sql: con.execute(sql).fetchall()  # noqa: E731
     snap = {
         "prompts": q(
-            "select round, idx, text, source, fewshot_ids, status, dup_of, gen_tokens from prompts order by round, idx"
+            "select round, idx, text, source, fewshot_ids, status, dup_of, gen_tokens, parent_id from prompts "
+            "order by round, idx"
         ),
         "answers": q(
             "select p.round, p.idx, a.text, a.n_tokens, a.finish_reason from answers a "
@@ -51,6 +52,7 @@ def _snapshot(db_path: Path) -> dict:
             "join prompts p on p.id = s.prompt_id order by p.round, p.idx"
         ),
         "rounds": q("select round, n_kept from rounds order by round"),
+        "paraphrase_rounds": q("select round, n_kept from paraphrase_rounds order by round"),
         "runs": q("select id, status, message from runs"),
     }
     con.close()
@@ -348,3 +350,86 @@ def test_a_large_insert_that_fails_half_way_leaves_no_rows(tmp_path):
         assert store.prompts(run_id) == []
     finally:
         store.close()
+
+
+# -- paraphrase augmentation ---------------------------------------------------------------------------------
+
+
+def _with_paraphrases(raw):
+    raw["expand"]["paraphrases"] = 2
+    raw["expand"]["rounds"] = 2
+
+
+def test_paraphrases_of_kept_prompts_are_answered_scored_and_selected(tiny, tmp_path):
+    recipe, result = _run(tiny, tmp_path, mutate=_with_paraphrases)
+    con = sqlite3.connect(recipe.output.db)
+    rows = con.execute(
+        "select p.id, p.round, p.parent_id, p.status, q.round, q.source, s.kept from prompts p "
+        "join prompts q on q.id = p.parent_id left join selections s on s.prompt_id = q.id "
+        "where p.source = 'paraphrase'"
+    ).fetchall()
+    # every kept non-paraphrase prompt of every round has exactly two paraphrase items, in its own round
+    kept_parents = con.execute(
+        "select p.id from prompts p join selections s on s.prompt_id = p.id "
+        "where s.kept = 1 and p.source != 'paraphrase'"
+    ).fetchall()
+    assert len(rows) == 2 * len(kept_parents) > 0
+    assert all(r[1] == r[4] and r[5] != "paraphrase" and r[6] == 1 for r in rows)
+    # new paraphrases are answered and decided like any other prompt; their stage has its own completion mark
+    new = [r[0] for r in rows if r[3] == "new"]
+    decided = {pid for (pid,) in con.execute("select prompt_id from selections")}
+    assert new and set(new) <= decided
+    # rewrites that lost a name or number of their parent are recorded as drifted and never answered
+    answered = {pid for (pid,) in con.execute("select prompt_id from answers")}
+    drifted = {r[0] for r in rows if r[3] == "drifted"}
+    assert drifted and not drifted & answered
+    stages = con.execute("select round, n_kept from paraphrase_rounds order by round").fetchall()
+    assert [r for r, _ in stages] == [0, 1, 2]
+    kept_paraphrases = con.execute(
+        "select count(*) from selections s join prompts p on p.id = s.prompt_id "
+        "where s.kept = 1 and p.source = 'paraphrase'"
+    ).fetchone()[0]
+    assert sum(n for _, n in stages) == kept_paraphrases
+    assert result.kept == len(kept_parents) + kept_paraphrases
+
+    runner = CliRunner()
+    status = runner.invoke(main, ["status", str(recipe.output.db)])
+    assert "of which paraphrases" in status.output
+    out = tmp_path / "prov.jsonl"
+    runner.invoke(main, ["export", str(recipe.output.db), "-o", str(out), "--provenance"])
+    provenance = [json.loads(line)["tskd"] for line in out.read_text().splitlines()]
+    of = {p["prompt_id"]: p["paraphrase_of"] for p in provenance if p["source"] == "paraphrase"}
+    assert len(of) == kept_paraphrases and all(parent is not None for parent in of.values())
+    assert all(p["paraphrase_of"] is None for p in provenance if p["source"] != "paraphrase")
+
+
+def test_a_killed_run_with_paraphrases_resumes_to_the_same_pool(tiny, tmp_path):
+    def slower(raw):
+        _with_paraphrases(raw)
+        raw["expand"]["max_prompt_tokens"] = 48
+        raw["respond"]["max_answer_tokens"] = 64
+
+    clean_raw = recipe_dict(tiny, tmp_path / "clean.db")
+    slower(clean_raw)
+    pipeline.run(load_recipe(write_recipe(tmp_path / "clean.toml", clean_raw)), progress=False, log=lambda _: None)
+    raw = recipe_dict(tiny, tmp_path / "killed.db")
+    slower(raw)
+    path = write_recipe(tmp_path / "killed.toml", raw)
+    db = tmp_path / "killed.db"
+    points = [
+        "select count(*) from prompts where source = 'paraphrase' and round = 0",  # mid-paraphrasing
+        "select count(*) from answers a join prompts p on p.id = a.prompt_id "
+        "where p.source = 'paraphrase' and p.round = 1",  # mid-answering the paraphrases
+        "select count(*) from scores s join prompts p on p.id = s.prompt_id "
+        "where p.source = 'paraphrase' and p.round = 2",  # mid-scoring them
+    ]
+    kills = sum(_kill_when(path, db, sql, 3) for sql in points)
+    assert kills >= 2, "the runs finished before the kill points; the test did not interrupt anything"
+    done = subprocess.run(
+        [sys.executable, "-m", "tskd_lite", "run", "--quiet", str(path)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    a, b = _snapshot(tmp_path / "clean.db"), _snapshot(db)
+    for table in ("prompts", "answers", "scores", "selections", "rounds", "paraphrase_rounds"):
+        assert b[table] == a[table], table
+    assert (tmp_path / "killed.jsonl").read_text() == (tmp_path / "clean.jsonl").read_text()

@@ -90,7 +90,7 @@ def _broken(tiny, tmp_path):
         ("truncated gguf", set_("base", "model", str(trunc)), "is truncated"),
         ("not a gguf", set_("teacher", "model", str(notgguf)), "not a GGUF file"),
         ("missing lora", set_("teacher", "lora", "adapter.gguf"), "teacher.lora: file not found"),
-        ("zero rounds", set_("expand", "rounds", 0), "expand.rounds: expected an integer > 0"),
+        ("negative rounds", set_("expand", "rounds", -1), "expand.rounds: expected an integer >= 0"),
         ("instruction without slot", set_("expand", "instruction", "Write a question."), "expand.instruction"),
         ("bad format", set_("output", "format", "csv"), "output.format: expected one of"),
         ("table is a scalar", set_(None, "dedup", 3), "dedup: expected a table"),

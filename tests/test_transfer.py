@@ -54,7 +54,7 @@ def test_quick_mode_runs_every_arm_and_resumes_from_its_cache(tiny, tmp_path):
     assert loaded.generator.chat_template == RAW and loaded.expand.instruction == "{examples}\n-"
     assert loaded.generator.model == tiny["base"]
     bad = _domain(tmp_path / "bad", tiny["base"])
-    (bad / "recipe.toml").write_text("[expand]\nrounds = 0\n")
+    (bad / "recipe.toml").write_text("[expand]\nrounds = -1\n")
     with pytest.raises(SystemExit, match=r"domain bad \(.*bad\): .*transfer.toml: expand.rounds: expected"):
         transfer.Domain("bad", bad, recipe, tmp_path / "work", settings, False)
     (bad / "recipe.toml").write_text("[expand\n")
@@ -81,6 +81,10 @@ def test_quick_mode_runs_every_arm_and_resumes_from_its_cache(tiny, tmp_path):
     assert [r["round"] for r in pools["one_round"]["rounds"]] == [0, 1]
     assert pools["one_round"]["rounds"][1]["candidates"] == rounds * candidates
     assert [r["candidates"] for r in pools["full"]["rounds"][1:]] == [candidates] * rounds
+    # the augmented arms: paraphrases written in the pool, and the oracle's pairs plus its paraphrases' pairs
+    assert sum(r["paraphrases"] for r in pools["full_aug"]["rounds"]) > 0
+    assert not any(r["paraphrases"] for r in pools["full"]["rounds"])
+    assert domain["arms"]["oracle_aug"]["pairs"][0] >= domain["arms"]["oracle"]["pairs"][0]
     md = (tmp_path / "work" / "transfer-results.md").read_text()
     assert "target: full" in md and "chance" in md and "Recovered" in md
     # the headline, per seed, from the references: (arm - floor) / (teacher - floor)
@@ -126,7 +130,7 @@ def test_choose_budget_takes_the_cheapest_that_meets_the_aim_on_every_domain():
 
 
 def test_fact_measures_tell_true_wrong_and_unnamed_pairs_apart(tmp_path):
-    from facts import FactIndex, Fact, measures
+    from facts import Fact, FactIndex, measures
 
     from tskd_lite.evaluate import EvalItem
 

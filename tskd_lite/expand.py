@@ -37,3 +37,22 @@ def clean(reply: str) -> str:
     lines = [line for line in reply.strip().splitlines() if _LIST_MARKER.sub("", line).strip()]
     text = _LIST_MARKER.sub("", lines[0], count=1).strip() if lines else ""
     return text.strip('"').strip()
+
+
+_NUMBER = r"\w*\d[\w.:/-]*"
+
+
+def keeps_names(original: str, rewrite: str) -> bool:
+    """Whether a rewrite keeps every name (a capitalised word after the first) and number of the original.
+
+    A paraphrase that drops or alters what the question is about asks about something else, and small generators
+    often do that (seen by hand: 'What does Brentei the Imam do?' for 'What does Brentei Theimdem do?').
+    """
+    words = [_bare(w) for w in original.split()]
+    wanted = {w for i, w in enumerate(words) if w and ((i > 0 and w[0].isupper()) or re.fullmatch(_NUMBER, w))}
+    return wanted <= {_bare(w) for w in rewrite.split()}
+
+
+def _bare(word: str) -> str:
+    """A word without surrounding punctuation or a possessive 's."""
+    return word.strip("?.!,;:'\"()").removesuffix("'s").removesuffix("’s")

@@ -27,6 +27,7 @@ def _record(pair: dict, fmt: str, provenance: bool) -> dict:
             "round": pair["round"],
             "source": pair["source"],
             "fewshot_ids": json.loads(pair["fewshot_ids"]),
+            "paraphrase_of": pair["parent_id"],  # the kept prompt this one rephrases (paraphrase augmentation)
             "gap": pair["gap"],
             "unit": pair["unit"],
             "teacher_ppl": pair["teacher_ppl"],

@@ -224,20 +224,37 @@ def _rounds(store: Store, run_id: int, recipe: Recipe, models: _Models, progress
     for round_ in range(recipe.expand.rounds + 1):
         if round_ > 0:
             _expand(store, run_id, round_, recipe, models, pool, progress)
-        _respond(store, run_id, round_, recipe, models, progress)
-        _score(store, run_id, round_, unit, models, progress, recipe.parallel)
-        selected = store.round_selected(run_id, round_) or _select(store, run_id, round_, recipe)
-        kept_total += selected["n_kept"]
-        n_scored = len(store.scored(run_id, round_))
-        log(f"round {round_}: kept {selected['n_kept']} of {n_scored} scored pairs (total kept {kept_total})")
-        if selected["n_kept"] == 0:
+        n_kept, n_scored = _settle(store, run_id, round_, "candidates", recipe, models, unit, progress)
+        kept_total += n_kept
+        log(f"round {round_}: kept {n_kept} of {n_scored} scored pairs (total kept {kept_total})")
+        if n_kept == 0:
             return "stopped", (
                 f"round {round_} kept none of its {n_scored} scored pairs; stopping. Lower select.tau, "
                 "raise expand.candidates_per_round or give other seeds"
             )
+        if recipe.expand.paraphrases:
+            _paraphrase(store, run_id, round_, recipe, models, pool, progress)
+            n_kept, n_scored = _settle(store, run_id, round_, "paraphrases", recipe, models, unit, progress)
+            kept_total += n_kept
+            log(f"round {round_}: kept {n_kept} of {n_scored} scored paraphrases (total kept {kept_total})")
         if kept_total >= recipe.expand.target_kept:
             return "done", f"kept {kept_total} pairs (target_kept {recipe.expand.target_kept}) after round {round_}"
     return "done", f"kept {kept_total} pairs after the round limit ({recipe.expand.rounds})"
+
+
+def _settle(
+    store: Store, run_id: int, round_: int, stage: str, recipe: Recipe, models: _Models, unit: str, progress: bool
+) -> tuple[int, int]:
+    """respond -> score -> select for one stage of a round; returns (kept, scored) of that stage."""
+    _respond(store, run_id, round_, recipe, models, progress)
+    _score(store, run_id, round_, unit, models, progress, recipe.parallel)
+    selected = store.round_selected(run_id, round_, stage) or _select(store, run_id, round_, recipe, stage)
+    n_scored = sum(_in_stage(s["source"], stage) for s in store.scored(run_id, round_))
+    return selected["n_kept"], n_scored
+
+
+def _in_stage(source: str, stage: str) -> bool:
+    return (source == "paraphrase") == (stage == "paraphrases")
 
 
 def _bar(progress: bool, desc: str, total: int, initial: int = 0) -> tqdm:
@@ -276,30 +293,88 @@ def _expand(
             prompt_id = store.next_prompt_id()
             for idx, gen in zip(group, gens, strict=True):
                 text = expand.clean(gen.text)
-                norm = normalise(text)
-                dup = pool.duplicate_of(norm) if norm else None
-                status = "empty" if not norm else "duplicate" if dup is not None else "new"
+                fewshot_ids = _ids(examples[idx])
                 rows.append(
-                    {
-                        "id": prompt_id,
-                        "run_id": run_id,
-                        "round": round_,
-                        "idx": idx,
-                        "text": text,
-                        "norm": norm,
-                        "source": "generated",
-                        "fewshot_ids": _ids(examples[idx]),
-                        "status": status,
-                        "dup_of": dup,
-                        "gen_tokens": gen.n_tokens,
-                        "gen_seconds": seconds,
-                    }
+                    _candidate(pool, prompt_id, run_id, round_, idx, text, "generated", fewshot_ids, gen, seconds)
                 )
-                if status == "new":
-                    pool.add(prompt_id, norm)
                 prompt_id += 1
             store.insert_prompts(rows)  # the whole group or none of it: a resume redoes exactly this group
             bar.update(len(group))
+
+
+def _paraphrase(
+    store: Store, run_id: int, round_: int, recipe: Recipe, models: _Models, pool: Pool, progress: bool
+) -> None:
+    """k rephrasings of each prompt the round kept, written by the generator; near duplicates (of the original
+    too) are recorded and dropped like any other. Items are (kept prompt, j) in a fixed order and each group is
+    committed whole, so a resume continues at the first missing item with the same seeds."""
+    cfg = recipe.expand
+    todo = [(parent, j) for parent in store.kept_in_round(run_id, round_) for j in range(cfg.paraphrases)]
+    done = store.count_paraphrases(run_id, round_)
+    if done >= len(todo):
+        return
+    generator = models.generator
+    first_idx = store.next_idx(run_id, round_) - done  # paraphrases follow the round's other prompts
+    with _bar(progress, f"round {round_} paraphrase", len(todo), done) as bar:
+        for group in _groups(list(range(done, len(todo))), recipe.parallel):
+            t0 = time.perf_counter()
+            asks = [cfg.paraphrase_instruction.replace("{prompt}", todo[k][0]["text"]) for k in group]
+            gens = generator.generate(
+                [ask if cfg.paraphrase_template == "raw" else generator.render(ask) for ask in asks],
+                max_tokens=cfg.max_prompt_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                seeds=[expand.item_seed(recipe.seed, "paraphrase", round_, k) for k in group],
+            )
+            seconds = (time.perf_counter() - t0) / len(group)
+            rows = []
+            prompt_id = store.next_prompt_id()
+            for k, gen in zip(group, gens, strict=True):
+                parent, text = todo[k][0], expand.clean(gen.text)
+                # a rewrite that lost a name or number of its parent asks about something else: recorded, dropped
+                drifted = text and not expand.keeps_names(parent["text"], text)
+                row = _candidate(
+                    pool, prompt_id, run_id, round_, first_idx + k, text, "paraphrase", "[]", gen, seconds, drifted
+                )
+                rows.append(row | {"parent_id": parent["id"]})
+                prompt_id += 1
+            store.insert_prompts(rows)
+            bar.update(len(group))
+
+
+def _candidate(
+    pool: Pool,
+    prompt_id: int,
+    run_id: int,
+    round_: int,
+    idx: int,
+    text: str,
+    source: str,
+    fewshot: str,
+    gen,
+    seconds: float,
+    drifted: bool = False,
+) -> dict:
+    """A generated prompt's row, its status decided (empty, drifted, duplicate of the pool, or new: then added)."""
+    norm = normalise(text)
+    dup = pool.duplicate_of(norm) if norm and not drifted else None
+    status = "empty" if not norm else "drifted" if drifted else "duplicate" if dup is not None else "new"
+    if status == "new":
+        pool.add(prompt_id, norm)
+    return {
+        "id": prompt_id,
+        "run_id": run_id,
+        "round": round_,
+        "idx": idx,
+        "text": text,
+        "norm": norm,
+        "source": source,
+        "fewshot_ids": fewshot,
+        "status": status,
+        "dup_of": dup,
+        "gen_tokens": gen.n_tokens,
+        "gen_seconds": seconds,
+    }
 
 
 def _ids(rows: list[dict]) -> str:
@@ -349,8 +424,8 @@ def _score(store: Store, run_id: int, round_: int, unit: str, models: _Models, p
             bar.update(len(group))
 
 
-def _select(store: Store, run_id: int, round_: int, recipe: Recipe) -> dict:
-    scored = store.scored(run_id, round_)
+def _select(store: Store, run_id: int, round_: int, recipe: Recipe, stage: str) -> dict:
+    scored = [s for s in store.scored(run_id, round_) if _in_stage(s["source"], stage)]
     rows = [
         {"prompt_id": s["prompt_id"], "run_id": run_id, "round": round_, "kept": int(keep), "reason": reason}
         for s, (keep, reason) in zip(scored, decide(scored, recipe.select), strict=True)
@@ -359,7 +434,7 @@ def _select(store: Store, run_id: int, round_: int, recipe: Recipe) -> dict:
     rows += [
         {"prompt_id": p["id"], "run_id": run_id, "round": round_, "kept": 0, "reason": "empty answer"}
         for p in store.prompts(run_id, where="round = ? and status = 'new'", params=[round_])
-        if p["id"] not in scored_ids
+        if p["id"] not in scored_ids and _in_stage(p["source"], stage)
     ]
-    store.record_selection(run_id, round_, rows)
-    return store.round_selected(run_id, round_)
+    store.record_selection(run_id, round_, rows, stage)
+    return store.round_selected(run_id, round_, stage)

@@ -22,6 +22,15 @@ from tskd_lite.errors import TskdError
 from tskd_lite.gguf_meta import check_gguf
 from tskd_lite.jsonl import read_jsonl, read_lines
 
+# Few-shot and continued as raw text by default (paraphrase_template = "raw"): a 135M instruct model asked in its
+# chat template answers the question instead of rewriting it; continuing a list of rewrites, it rewrites.
+DEFAULT_PARAPHRASE = (
+    "Rewrite a question in other words, keeping every name and number in it.\n\n"
+    "Question: How old is Tom Hardy?\nRewritten: What is the age of Tom Hardy?\n\n"
+    "Question: Which river runs through Vienna?\nRewritten: Through Vienna, which river flows?\n\n"
+    "Question: Who wrote Dune?\nRewritten: Who is the author of Dune?\n\n"
+    "Question: {prompt}\nRewritten:"
+)
 DEFAULT_INSTRUCTION = (
     "Here are example questions from one dataset:\n\n{examples}\n\n"
     "Write one new question of the same kind and topic, different from every example. "
@@ -68,7 +77,7 @@ class Seeds:
 
 @dataclass(frozen=True)
 class Expand:
-    rounds: int = _positive_int(3)
+    rounds: int = _ranged(3, lambda v: v >= 0, "an integer >= 0 (0: the seeds only)")
     candidates_per_round: int = _positive_int(32)
     target_kept: int = _positive_int(64)
     few_shot: int = _positive_int(4)
@@ -76,6 +85,13 @@ class Expand:
     top_p: float = _unit_interval(0.95)
     max_prompt_tokens: int = _positive_int(96)
     instruction: str = _ranged(DEFAULT_INSTRUCTION, lambda v: "{examples}" in v, "text containing {examples}")
+    # Paraphrase augmentation: for each prompt a round keeps, the generator writes this many rephrasings, answered,
+    # scored and selected like any other pair (0: off). Facts enter a model by fine-tuning only when seen in several
+    # phrasings (Allen-Zhu & Li, Physics of LMs 3.1; Ovadia et al. 2024).
+    paraphrases: int = _ranged(0, lambda v: 0 <= v <= 16, "an integer in [0, 16]")
+    paraphrase_instruction: str = _ranged(DEFAULT_PARAPHRASE, lambda v: "{prompt}" in v, "text containing {prompt}")
+    # "raw": the generator continues the instruction as plain text; "chat": it answers it in its chat template
+    paraphrase_template: str = _one_of("raw", "raw", "chat")
 
 
 @dataclass(frozen=True)

@@ -31,14 +31,18 @@ def summary(store: Store, run_id: int) -> dict:
             )
         ]
         selected = store.round_selected(run_id, round_)
+        paraphrased = store.round_selected(run_id, round_, "paraphrases")
+        kept = None if selected is None else selected["n_kept"] + (paraphrased["n_kept"] if paraphrased else 0)
         rounds.append(
             {
                 "round": round_,
                 "candidates": sum(counts.values()),
+                "paraphrases": store.count_paraphrases(run_id, round_),
+                "paraphrases_kept": None if paraphrased is None else paraphrased["n_kept"],
                 "duplicates": counts.get("duplicate", 0),
                 "empty": counts.get("empty", 0),
                 "scored": len(gaps),
-                "kept": None if selected is None else selected["n_kept"],
+                "kept": kept,
                 "gap": _quantiles(gaps),
             }
         )
@@ -88,6 +92,7 @@ def format_summary(s: dict) -> str:
         f"elapsed {s['elapsed_s']:.1f} s",
         "round  candidates  duplicates  empty  scored  kept   gap: min   median      max  (PPL ratio median)",
     ]
+    paraphrasing = any(r["paraphrases"] for r in s["rounds"])
     for r in s["rounds"]:
         g = r["gap"]
         gap_cols = (
@@ -98,6 +103,9 @@ def format_summary(s: dict) -> str:
             f"{r['round']:>5}  {r['candidates']:>10}  {r['duplicates']:>10}  {r['empty']:>5}  {r['scored']:>6}  "
             f"{kept:>4}  {gap_cols}"
         )
+        if paraphrasing:
+            pk = "-" if r["paraphrases_kept"] is None else r["paraphrases_kept"]
+            lines.append(f"       of which paraphrases: {r['paraphrases']} written, {pk} kept")
     for name in ("generation", "scoring"):
         t = s[name]
         rate = "-" if t["tokens_per_s"] is None else f"{t['tokens_per_s']:.0f} tokens/s"

@@ -22,6 +22,7 @@ import sqlite_utils
 from tskd_lite.errors import TskdError
 
 SCHEMA_VERSION = 1
+STAGE_TABLES = {"candidates": "rounds", "paraphrases": "paraphrase_rounds"}
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,8 @@ class Store:
                 if_not_exists=True,
             )
             db["prompts"].create_index(["run_id", "round", "idx"], unique=True, if_not_exists=True)
+            if "parent_id" not in db["prompts"].columns_dict:  # stores from before paraphrase augmentation
+                db["prompts"].add_column("parent_id", int)
             db["answers"].create(
                 {"prompt_id": int, "text": str, "n_tokens": int, "finish_reason": str, "seconds": float},
                 pk="prompt_id",
@@ -146,11 +149,14 @@ class Store:
                 foreign_keys=[("prompt_id", "prompts", "id")],
                 if_not_exists=True,
             )
-            db["rounds"].create(
-                {"run_id": int, "round": int, "n_kept": int, "selected_at": float},
-                pk=("run_id", "round"),
-                if_not_exists=True,
-            )
+            # One completion mark per round and stage: "candidates" (the round's new prompts) and "paraphrases"
+            # (the rephrasings of the prompts the first stage kept), each selected once.
+            for table in STAGE_TABLES.values():
+                db[table].create(
+                    {"run_id": int, "round": int, "n_kept": int, "selected_at": float},
+                    pk=("run_id", "round"),
+                    if_not_exists=True,
+                )
 
     # runs -----------------------------------------------------------------------------------------------
 
@@ -228,6 +234,19 @@ class Store:
         ).fetchone()
         return row[0]
 
+    def kept_in_round(self, run_id: int, round_: int) -> list[dict]:
+        """The round's kept prompts other than paraphrases: the prompts paraphrase augmentation rephrases."""
+        return self.prompts(
+            run_id,
+            where="round = ? and source != 'paraphrase' and id in (select prompt_id from selections where kept = 1)",
+            params=[round_],
+        )
+
+    def count_paraphrases(self, run_id: int, round_: int) -> int:
+        return self.db.execute(
+            "select count(*) from prompts where run_id = ? and round = ? and source = 'paraphrase'", [run_id, round_]
+        ).fetchone()[0]
+
     def kept_prompts_before(self, run_id: int, round_: int) -> list[dict]:
         """Few-shot pool for a round: seeds and every prompt kept by an earlier round, in a stable order."""
         return list(
@@ -280,7 +299,7 @@ class Store:
     def scored(self, run_id: int, round_: int) -> list[dict]:
         return list(
             self.db.query(
-                """select p.id, p.idx, s.* from prompts p join scores s on s.prompt_id = p.id
+                """select p.id, p.idx, p.source, s.* from prompts p join scores s on s.prompt_id = p.id
                where p.run_id = ? and p.round = ? order by p.idx""",
                 [run_id, round_],
             )
@@ -288,21 +307,24 @@ class Store:
 
     # selection ------------------------------------------------------------------------------------------
 
-    def round_selected(self, run_id: int, round_: int) -> dict | None:
-        rows = list(self.db.query("select * from rounds where run_id = ? and round = ?", [run_id, round_]))
+    def round_selected(self, run_id: int, round_: int, stage: str = "candidates") -> dict | None:
+        table = STAGE_TABLES[stage]
+        rows = list(self.db.query(f"select * from {table} where run_id = ? and round = ?", [run_id, round_]))
         return rows[0] if rows else None
 
-    def record_selection(self, run_id: int, round_: int, decisions: list[dict]) -> None:
-        """The round's keep/drop decisions and its completion mark, together or not at all."""
+    def record_selection(self, run_id: int, round_: int, decisions: list[dict], stage: str = "candidates") -> None:
+        """A stage's keep/drop decisions and its completion mark, together or not at all."""
         with self.transaction():
             self.db["selections"].insert_all(decisions)
             n_kept = sum(d["kept"] for d in decisions)
-            self.db["rounds"].insert({"run_id": run_id, "round": round_, "n_kept": n_kept, "selected_at": time.time()})
+            self.db[STAGE_TABLES[stage]].insert(
+                {"run_id": run_id, "round": round_, "n_kept": n_kept, "selected_at": time.time()}
+            )
 
     def kept_pairs(self, run_id: int) -> list[dict]:
         return list(
             self.db.query(
-                """select p.id, p.round, p.source, p.fewshot_ids, p.text as prompt, a.text as answer,
+                """select p.id, p.round, p.source, p.fewshot_ids, p.parent_id, p.text as prompt, a.text as answer,
                       s.gap, s.teacher_ppl, s.base_ppl, s.unit, s.teacher_logprobs, s.base_logprobs,
                       s.teacher_byte_ends
                from prompts p join selections sel on sel.prompt_id = p.id and sel.kept = 1
