@@ -1,0 +1,57 @@
+"""The README is part of the interface: its recipe blocks load, and the commands it lists exist."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from tskd_lite.cli import main
+from tskd_lite.recipe import load_recipe, merged
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def _toml_blocks() -> list[dict]:
+    return [tomllib.loads(block) for block in re.findall(r"```toml\n(.*?)```", README, re.S)]
+
+
+def test_every_toml_block_parses_and_the_reference_passes_check_with_real_files(tiny, tmp_path):
+    blocks = _toml_blocks()
+    assert len(blocks) >= 2
+    reference = blocks[0]
+    # the reference names placeholder files; point them at the tiny models and files made here, keep every key
+    (tmp_path / "seeds.txt").write_text("One?\n")
+    (tmp_path / "eval.jsonl").write_text('{"prompt": "p", "answer": "a"}\n')
+    files = {
+        "teacher": {"model": str(tiny["teacher"])},
+        "base": {"model": str(tiny["base"])},
+        "generator": {"model": str(tiny["teacher"])},
+        "seeds": {"file": str(tmp_path / "seeds.txt")},
+        "target": {"model": str(tiny["other"]), "cache": str(tmp_path / "target.hf")},
+        "eval": {"file": str(tmp_path / "eval.jsonl")},
+        "output": {"db": str(tmp_path / "x.db"), "export": str(tmp_path / "x.jsonl"), "dir": str(tmp_path)},
+    }
+    for role in ("teacher", "generator"):
+        reference[role].pop("lora", None)  # the tiny models have no LoRA adapter to point at
+    (tmp_path / "reference.toml").write_text("")
+    recipe = load_recipe(tmp_path / "reference.toml", merged(reference, files))
+    assert recipe.parallel == reference["parallel"] and recipe.expand.paraphrases == reference["expand"]["paraphrases"]
+    # the list-continuation block is a fragment laid over a recipe
+    load_recipe(
+        tmp_path / "reference.toml", merged(merged(reference, files), {**blocks[1], "generator": files["generator"]})
+    )
+
+
+def test_every_command_in_the_commands_table_exists_with_its_options():
+    table = README.split("## Commands", 1)[1].split("\n## ", 1)[0]
+    runner = CliRunner()
+    rows = re.findall(r"^\| `tskd-lite ([a-z-]+)([^`]*)` \|", table, re.M)
+    assert len(rows) >= 10
+    for command, rest in rows:
+        help_text = runner.invoke(main, [command, "--help"]).output
+        assert "Usage:" in help_text, command
+        for option in re.findall(r"--[a-z-]+", rest):
+            assert option in help_text, f"{command} {option}"
