@@ -257,6 +257,18 @@ def _kill_when(recipe_path: Path, db: Path, sql: str, at_least: int) -> bool:
     return False
 
 
+def _resume_and_compare(recipe_path: Path, db: Path, clean_db: Path) -> None:
+    """Resume the killed run to the end; every table and the dataset must equal the uninterrupted run's."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tskd_lite", "run", "--quiet", str(recipe_path)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    a, b = _snapshot(clean_db), _snapshot(db)
+    for table in ("runs", "prompts", "answers", "scores", "selections", "rounds", "paraphrase_rounds"):
+        assert b[table] == a[table], table
+    assert db.with_suffix(".jsonl").read_text() == clean_db.with_suffix(".jsonl").read_text()
+
+
 def test_killed_runs_resume_to_the_same_pool_and_dataset(tiny, tmp_path):
     def slower(raw):  # longer outputs give the poller time to land between commits
         raw["expand"]["max_prompt_tokens"] = 48
@@ -273,16 +285,7 @@ def test_killed_runs_resume_to_the_same_pool_and_dataset(tiny, tmp_path):
     db = tmp_path / "killed.db"
     kills = sum(_kill_when(path, db, sql, 3) for sql in KILL_POINTS)
     assert kills >= 3, "the runs finished before the kill points; the test did not interrupt anything"
-    done = subprocess.run(
-        [sys.executable, "-m", "tskd_lite", "run", "--quiet", str(path)], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-
-    a, b = _snapshot(tmp_path / "clean.db"), _snapshot(db)
-    assert b["runs"] == a["runs"]
-    for table in ("prompts", "answers", "scores", "selections", "rounds"):
-        assert b[table] == a[table], table
-    assert (tmp_path / "killed.jsonl").read_text() == (tmp_path / "clean.jsonl").read_text()
+    _resume_and_compare(path, db, tmp_path / "clean.db")
     con = sqlite3.connect(db)
     assert (
         con.execute("select count(*) from prompts").fetchone()[0]
@@ -425,11 +428,4 @@ def test_a_killed_run_with_paraphrases_resumes_to_the_same_pool(tiny, tmp_path):
     ]
     kills = sum(_kill_when(path, db, sql, 3) for sql in points)
     assert kills >= 2, "the runs finished before the kill points; the test did not interrupt anything"
-    done = subprocess.run(
-        [sys.executable, "-m", "tskd_lite", "run", "--quiet", str(path)], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    a, b = _snapshot(tmp_path / "clean.db"), _snapshot(db)
-    for table in ("prompts", "answers", "scores", "selections", "rounds", "paraphrase_rounds"):
-        assert b[table] == a[table], table
-    assert (tmp_path / "killed.jsonl").read_text() == (tmp_path / "clean.jsonl").read_text()
+    _resume_and_compare(path, db, tmp_path / "clean.db")

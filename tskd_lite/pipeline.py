@@ -280,15 +280,12 @@ def _expand(
                 idx: expand.pick_examples(fewshot, cfg.few_shot, expand.item_seed(recipe.seed, "fewshot", round_, idx))
                 for idx in group
             }
-            t0 = time.perf_counter()
-            gens = generator.generate(
+            gens, seconds = _write_prompts(
+                generator,
                 [generator.render(expand.instruction(cfg.instruction, examples[idx])) for idx in group],
-                max_tokens=cfg.max_prompt_tokens,
-                temperature=cfg.temperature,
-                top_p=cfg.top_p,
-                seeds=[expand.item_seed(recipe.seed, "expand", round_, idx) for idx in group],
+                [expand.item_seed(recipe.seed, "expand", round_, idx) for idx in group],
+                cfg,
             )
-            seconds = (time.perf_counter() - t0) / len(group)
             rows = []
             prompt_id = store.next_prompt_id()
             for idx, gen in zip(group, gens, strict=True):
@@ -317,16 +314,13 @@ def _paraphrase(
     first_idx = store.next_idx(run_id, round_) - done  # paraphrases follow the round's other prompts
     with _bar(progress, f"round {round_} paraphrase", len(todo), done) as bar:
         for group in _groups(list(range(done, len(todo))), recipe.parallel):
-            t0 = time.perf_counter()
             asks = [cfg.paraphrase_instruction.replace("{prompt}", todo[k][0]["text"]) for k in group]
-            gens = generator.generate(
+            gens, seconds = _write_prompts(
+                generator,
                 [ask if cfg.paraphrase_template == "raw" else generator.render(ask) for ask in asks],
-                max_tokens=cfg.max_prompt_tokens,
-                temperature=cfg.temperature,
-                top_p=cfg.top_p,
-                seeds=[expand.item_seed(recipe.seed, "paraphrase", round_, k) for k in group],
+                [expand.item_seed(recipe.seed, "paraphrase", round_, k) for k in group],
+                cfg,
             )
-            seconds = (time.perf_counter() - t0) / len(group)
             rows = []
             prompt_id = store.next_prompt_id()
             for k, gen in zip(group, gens, strict=True):
@@ -340,6 +334,15 @@ def _paraphrase(
                 prompt_id += 1
             store.insert_prompts(rows)
             bar.update(len(group))
+
+
+def _write_prompts(generator: Engine, rendered: list[str], seeds: list[int], cfg) -> tuple[list, float]:
+    """One group of prompts written with the [expand] sampling settings, and the seconds it took per prompt."""
+    t0 = time.perf_counter()
+    gens = generator.generate(
+        rendered, max_tokens=cfg.max_prompt_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seeds=seeds
+    )
+    return gens, (time.perf_counter() - t0) / len(rendered)
 
 
 def _candidate(
