@@ -56,6 +56,10 @@ dates: setup
 transfer-bench: models world dates
     {{bin}}/python bench/transfer.py --domain world=data/world --domain dates=data/dates
 
+# The oracle's learning curve over pairs x steps on both domains: the training budget the arms get (--pairs, --steps)
+transfer-curve: models world dates
+    {{bin}}/python bench/transfer.py --curve --domain world=data/world --domain dates=data/dates
+
 # Fine-tune SmolLM2 on the invented world into the teacher (cached in runs/world/teacher)
 world-teacher: models world
     #!/usr/bin/env bash

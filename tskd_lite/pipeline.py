@@ -302,22 +302,23 @@ def _expand(
 def _paraphrase(
     store: Store, run_id: int, round_: int, recipe: Recipe, models: _Models, pool: Pool, progress: bool
 ) -> None:
-    """k rephrasings of each prompt the round kept, written by the generator; near duplicates (of the original
-    too) are recorded and dropped like any other. Items are (kept prompt, j) in a fixed order and each group is
-    committed whole, so a resume continues at the first missing item with the same seeds."""
+    """k rephrasings of each prompt the round kept, written by the base (or the generator); rewrites that lost a
+    name or number are recorded as drifted, near duplicates (of the original too) as duplicates. Items are
+    (kept prompt, j) in a fixed order and each group is committed whole, so a resume continues at the first
+    missing item with the same seeds."""
     cfg = recipe.expand
     todo = [(parent, j) for parent in store.kept_in_round(run_id, round_) for j in range(cfg.paraphrases)]
     done = store.count_paraphrases(run_id, round_)
     if done >= len(todo):
         return
-    generator = models.generator
+    writer = models.base if cfg.paraphrase_writer == "base" else models.generator
     first_idx = store.next_idx(run_id, round_) - done  # paraphrases follow the round's other prompts
     with _bar(progress, f"round {round_} paraphrase", len(todo), done) as bar:
         for group in _groups(list(range(done, len(todo))), recipe.parallel):
             asks = [cfg.paraphrase_instruction.replace("{prompt}", todo[k][0]["text"]) for k in group]
             gens, seconds = _write_prompts(
-                generator,
-                [ask if cfg.paraphrase_template == "raw" else generator.render(ask) for ask in asks],
+                writer,
+                [ask if cfg.paraphrase_template == "raw" else writer.render(ask) for ask in asks],
                 [expand.item_seed(recipe.seed, "paraphrase", round_, k) for k in group],
                 cfg,
             )

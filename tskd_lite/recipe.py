@@ -90,8 +90,11 @@ class Expand:
     # phrasings (Allen-Zhu & Li, Physics of LMs 3.1; Ovadia et al. 2024).
     paraphrases: int = _ranged(0, lambda v: 0 <= v <= 16, "an integer in [0, 16]")
     paraphrase_instruction: str = _ranged(DEFAULT_PARAPHRASE, lambda v: "{prompt}" in v, "text containing {prompt}")
-    # "raw": the generator continues the instruction as plain text; "chat": it answers it in its chat template
+    # "raw": the writer continues the instruction as plain text; "chat": it answers it in its chat template
     paraphrase_template: str = _one_of("raw", "raw", "chat")
+    # Who rewrites: the un-tuned base by default. Rewording needs no private knowledge, and a fine-tuned teacher
+    # asked to rewrite one of its questions answers it instead (seen on the world domain: "In Kamfaistun.").
+    paraphrase_writer: str = _one_of("base", "base", "generator")
 
 
 @dataclass(frozen=True)
@@ -256,7 +259,10 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
 
         read_eval_file(recipe.eval.file, f"{path}: eval.file")
     # The base only scores text rendered with the teacher's template; the models that write need their own.
-    for name in ("teacher", "generator"):
+    writers = ["teacher", "generator"]
+    if recipe.expand.paraphrases and recipe.expand.paraphrase_template == "chat":
+        writers.append(recipe.expand.paraphrase_writer)
+    for name in writers:
         spec = getattr(recipe, name)
         if spec is not None:
             try:
