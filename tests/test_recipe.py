@@ -91,6 +91,7 @@ def _broken(tiny, tmp_path):
         ("not a gguf", set_("teacher", "model", str(notgguf)), "not a GGUF file"),
         ("missing lora", set_("teacher", "lora", "adapter.gguf"), "teacher.lora: file not found"),
         ("negative rounds", set_("expand", "rounds", -1), "expand.rounds: expected an integer >= 0"),
+        ("negative train seed", set_("train", "seed", -1), "train.seed: expected an integer >= 0"),
         ("instruction without slot", set_("expand", "instruction", "Write a question."), "expand.instruction"),
         ("bad format", set_("output", "format", "csv"), "output.format: expected one of"),
         ("table is a scalar", set_(None, "dedup", 3), "dedup: expected a table"),

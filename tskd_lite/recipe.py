@@ -181,7 +181,7 @@ class Train:
     quantize: str = _one_of("auto", "auto", "nf4", "none")
     token_top_fraction: float = _unit_interval(1.0)
     checkpoint_every: int = _positive_int(50)
-    seed: int = 0
+    seed: int = _ranged(0, lambda v: v >= 0, "an integer >= 0")  # numpy's generators take no negative seed
 
 
 @dataclass(frozen=True)
