@@ -295,3 +295,37 @@ def test_a_hugging_face_folder_target_trains_without_gguf_export(tiny, target_gg
     result = _train(recipe)
     assert result.steps == 3 and (result.out_dir / "merged" / "config.json").is_file()
     assert result.gguf_adapter is None and result.gguf_check is None
+
+
+def test_early_stopping_keeps_the_best_epoch(tiny, target_gguf, tmp_path):
+    """patience: training stops once the held-out loss has not improved for that many epochs, and the adapter
+    written is the best epoch's, not the last one's."""
+    recipe = _recipe(
+        tiny, target_gguf, tmp_path, epochs=40, patience=2, val_fraction=0.25, learning_rate=5e-2, batch_size=3
+    )
+    result = _train(recipe)
+    epochs = [p for p in result.curve if p.get("val_loss") is not None]
+    best = min(epochs, key=lambda p: p["val_loss"])
+    per_epoch = result.n_train // 3
+    assert result.steps < 40 * per_epoch, "it ran every epoch: nothing stopped it"
+    assert result.best_step == best["step"] < result.steps
+    assert [p["step"] for p in epochs][-3] == best["step"]  # stopped two epochs after the best one
+    # the adapter on disk reproduces the best epoch's held-out loss, not the last epoch's
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tskd_lite.train import Example, answer_loss, split
+
+    target_dir = hf_dir(recipe.target, log=lambda _: None)
+    tokenizer = AutoTokenizer.from_pretrained(target_dir)
+    fmt = Formatter.for_target(tokenizer, recipe.target)
+    examples = [Example(*fmt.encode(p, a, recipe.train.max_seq_len, keep)) for p, a, keep in PAIRS]
+    _, val = split(examples, recipe.train.val_fraction, recipe.train.seed)
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32), result.out_dir / "adapter"
+    ).eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with torch.no_grad():
+        loss, n = answer_loss(model, val, pad, torch.device("cpu"))
+    assert loss.item() == pytest.approx(best["val_loss"], abs=1e-4)
+    assert abs(loss.item() - epochs[-1]["val_loss"]) > 1e-3
