@@ -16,6 +16,7 @@ from conftest import recipe_dict, write_recipe
 from tinymodels import write_tiny_llama
 
 from tskd_lite import pipeline
+from tskd_lite.errors import TskdError
 from tskd_lite.recipe import Target, load_recipe
 from tskd_lite.target import Formatter, hf_dir
 from tskd_lite.train import read_pairs, train
@@ -295,6 +296,33 @@ def test_a_hugging_face_folder_target_trains_without_gguf_export(tiny, target_gg
     result = _train(recipe)
     assert result.steps == 3 and (result.out_dir / "merged" / "config.json").is_file()
     assert result.gguf_adapter is None and result.gguf_check is None
+    # a folder whose weights are pickled (.bin) only is refused at load: nothing is unpickled
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((folder / "config.json").read_text())
+    (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
+    raw["target"] = {"model": pickled}
+    with pytest.raises(TskdError, match=r"target.model: .*pickled\b.*holds no .safetensors weights"):
+        load_recipe(write_recipe(tmp_path / "pickled.toml", raw))
+
+
+def test_conversion_and_training_make_no_network_call(tiny, target_gguf, tmp_path, monkeypatch):
+    """Offline by design: with every socket connection made to fail, a GGUF target is converted, trained, merged
+    and its adapter checked in llama.cpp."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a network call was attempted: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    recipe = _recipe(tiny, target_gguf, tmp_path, epochs=1)
+    result = _train(recipe)
+    assert result.steps > 0 and result.gguf_check is not None
+    import os
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
 
 
 def test_early_stopping_keeps_the_best_epoch(tiny, target_gguf, tmp_path):

@@ -133,7 +133,7 @@ def eval_transformers(
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     fmt = formatter_for(tokenizer)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     predictions, nll = [], []
     with torch.no_grad():

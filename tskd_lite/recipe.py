@@ -351,6 +351,10 @@ def _check_target(model: Path, where: str) -> None:
     if model.is_dir():
         if not (model / "config.json").is_file():
             raise TskdError(f"{where}: {model} is a folder without config.json (expected a Hugging Face model folder)")
+        if not any(model.glob("*.safetensors")):
+            raise TskdError(
+                f"{where}: {model} holds no .safetensors weights (pickled .bin weights are never loaded: convert them)"
+            )
     else:
         check_gguf(model, where)
 

@@ -216,7 +216,7 @@ def train(target: Target, cfg: Train, out: Path, pairs: list[Pair], *, progress:
             bnb_4bit_compute_dtype=load_kwargs["dtype"],
         )
         load_kwargs["device_map"] = {"": device.index or 0} if cuda else {"": "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(target_dir, **load_kwargs)
+    model = AutoModelForCausalLM.from_pretrained(target_dir, use_safetensors=True, **load_kwargs)
     if quantize:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cuda)
     else:
@@ -413,7 +413,7 @@ def _merge(target_dir: Path, adapter_dir: Path, merged_dir: Path, tokenizer) -> 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32, use_safetensors=True)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(merged_dir)
     tokenizer.save_pretrained(merged_dir)
@@ -438,7 +438,7 @@ def check_gguf_adapter(
 
     def disagreement(lora: Path | None, hf_dir: Path) -> np.ndarray:
         engine = Engine(ModelSpec(model=target_gguf, lora=lora, n_ctx=512), role="target")
-        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, use_safetensors=True).eval()
         diffs = []
         for head, tail in ids:
             diffs.append(np.abs(engine.score([(head, tail)])[0] - answer_logprobs(model, head, tail)))
