@@ -635,8 +635,14 @@ def curve_markdown(results: dict) -> str:
         ),
     ]
     for c in results["domains"]:
+        compute = (
+            c["teacher"]["train_s"] + c["references"].get("compute_s", 0) + sum(p["compute_s"] for p in c["points"])
+        )
         lines += ["", f"## {c['domain']}", "", *teacher_lines(c), ""]
         lines += [
+            f"Compute behind this curve: {compute / 60:.1f} CPU min (the teacher's training, the references, every "
+            "point's training and evaluation, each timed when it was computed).",
+            "",
             "| budget | pairs | steps | rank | lr | contains | recovered | answer tokens | train min |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
@@ -663,6 +669,7 @@ def run_curve(domain: Domain, refs: dict, seeds: list[int], grid: list[Budget]) 
                 "recovered": recovered_per_seed(results, refs),
                 "answer_tokens": float(np.mean([r["answer_tokens"] for r in results])),
                 "train_s": float(np.mean([r["train_s"] for r in results])),
+                "compute_s": float(np.sum([r.get("compute_s", r["train_s"]) for r in results])),
             }
         )
     return points
