@@ -327,7 +327,7 @@ def _paraphrase(
             for k, gen in zip(group, gens, strict=True):
                 parent, text = todo[k][0], expand.clean(gen.text)
                 # a rewrite that lost a name or number of its parent asks about something else: recorded, dropped
-                drifted = text and not expand.keeps_names(parent["text"], text)
+                drifted = bool(text) and not expand.keeps_names(parent["text"], text)
                 row = _candidate(
                     pool, prompt_id, run_id, round_, first_idx + k, text, "paraphrase", "[]", gen, seconds, drifted
                 )

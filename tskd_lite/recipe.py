@@ -85,7 +85,7 @@ class Expand:
     top_p: float = _unit_interval(0.95)
     max_prompt_tokens: int = _positive_int(96)
     instruction: str = _ranged(DEFAULT_INSTRUCTION, lambda v: "{examples}" in v, "text containing {examples}")
-    # Paraphrase augmentation: for each prompt a round keeps, the generator writes this many rephrasings, answered,
+    # Paraphrase augmentation: for each prompt a round keeps, paraphrase_writer writes this many rephrasings, answered,
     # scored and selected like any other pair (0: off). Facts enter a model by fine-tuning only when seen in several
     # phrasings (Allen-Zhu & Li, Physics of LMs 3.1; Ovadia et al. 2024).
     paraphrases: int = _ranged(0, lambda v: 0 <= v <= 16, "an integer in [0, 16]")
