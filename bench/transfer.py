@@ -15,6 +15,9 @@ the same number of pairs, on each arm:
   token_level   the full pool's pairs, loss on the top tokens by teacher-over-base lift only
   oracle        the teacher's own training data (the ceiling a real user no longer has)
   full_aug      the full pool grown with paraphrase augmentation (expand.paraphrases = --paraphrases)
+  entities      the pool grown by templates x entities (expand.strategy = "entities") from the domain's
+                entities.txt (names only, no facts); a domain without that file has no such arm
+  sample        the pool grown by the teacher writing its own user turns (expand.strategy = "sample", Magpie)
   oracle_aug    the oracle's pairs plus the teacher's answers to paraphrases of their prompts, written and selected
                 the way full_aug's are (a pool whose seeds are the oracle's prompts, no expansion rounds)
 
@@ -68,8 +71,19 @@ from tskd_lite.store import Store  # noqa: E402
 from tskd_lite.target import Formatter, hf_dir, quiet_transformers  # noqa: E402
 from tskd_lite.train import make_teacher, read_pairs, train  # noqa: E402
 
-ARMS = ("seeds_only", "no_selection", "one_round", "full", "token_level", "oracle", "full_aug", "oracle_aug")
-POOLS = ("full", "no_selection", "one_round", "full_aug")
+ARMS = (
+    "seeds_only",
+    "no_selection",
+    "one_round",
+    "full",
+    "token_level",
+    "oracle",
+    "full_aug",
+    "oracle_aug",
+    "entities",
+    "sample",
+)
+POOLS = ("full", "no_selection", "one_round", "full_aug", "entities", "sample")
 POOL_OF = {"seeds_only": "full", "token_level": "full"}  # arms that train on another arm's pool
 TOKEN_TOP_FRACTION = 0.5
 QUICK = {
@@ -102,11 +116,16 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def pool_overrides(pool: str, recipe: Recipe, paraphrases: int) -> dict:
-    """The recipe changes that make each pool; every pool generates the same number of prompts."""
+def pool_overrides(pool: str, recipe: Recipe, paraphrases: int, folder: Path) -> dict:
+    """The recipe changes that make each pool; every pool generates the same number of prompts (entities: at
+    most that many, as many as there are new names to ask about)."""
     budget = {"target_kept": 1 << 30}  # run every round, whatever is kept, so the arms generate alike
     if pool == "full":
         return {"expand": budget}
+    if pool == "entities":
+        return {"expand": {**budget, "strategy": "entities", "entities_file": str(folder / "entities.txt")}}
+    if pool == "sample":
+        return {"expand": {**budget, "strategy": "sample"}}
     if pool == "full_aug":
         return {"expand": {**budget, "paraphrases": paraphrases}}
     if pool == "no_selection":
@@ -253,7 +272,7 @@ class Domain:
     def pool(self, name: str, seed: int) -> Recipe:
         base = self.recipe
         db = self.root / f"seed{seed}" / name / "pool.db"
-        overrides = pool_overrides(name, base, self.s["paraphrases"])
+        overrides = pool_overrides(name, base, self.s["paraphrases"], self.folder)
         recipe = self.with_teacher({"seed": seed, "output": {"db": str(db)}, **overrides})
         return self._grown(recipe, name, seed)
 
@@ -343,6 +362,46 @@ class Domain:
 
     def facts(self):
         return index_for(self.folder, self.items)
+
+    def entities(self) -> Path | None:
+        path = self.folder / "entities.txt"
+        return path if path.is_file() else None
+
+    def applicable(self, arms: list[str]) -> list[str]:
+        """The arms this domain can run: entities needs the domain's list of names."""
+        skipped = [a for a in arms if a == "entities" and self.entities() is None]
+        if skipped:
+            log(f"[{self.name}] no entities.txt: no entities arm")
+        return [a for a in arms if a not in skipped]
+
+    def reachable(self, pools: list[str], seeds: list[int]) -> dict | None:
+        """The reachable ceiling: the share of held-out facts whose entity the seeds name, the entity list names,
+        or some prompt or answer of each pool (mean over seeds) names: no pool can cover more than that."""
+        index = self.facts()
+        if index is None:
+            return None
+
+        def share(texts: list[str]) -> float:
+            named = {e for t in texts for e in index.entities(t)}
+            return sum(f.entity in named for f in index.asked) / len(index.asked)
+
+        out = {"seeds": share(list(self.recipe.seeds.prompts))}
+        if self.entities() is not None:
+            out["entity list"] = share(self.entities().read_text().splitlines())
+        for name in pools:
+            per_seed = []
+            for seed in seeds:
+                store = Store.read(self.pool(name, seed).output.db)
+                try:
+                    run = store.get_run(None)
+                    prompts = store.prompts(run.id)
+                    texts = [p["text"] for p in prompts]
+                    texts += [a for r in {p["round"] for p in prompts} for _, a in store.answered_pairs(run.id, r)]
+                finally:
+                    store.close()
+                per_seed.append(share(texts))
+            out[f"{name} pool"] = float(np.mean(per_seed))
+        return out
 
     def arm_facts(self, arm: str, seed: int, n: int) -> dict | None:
         """Fact-level measures of the pairs the arm trains on."""
@@ -529,6 +588,13 @@ def markdown(results: dict) -> str:
     for d in results["domains"]:
         r = d["references"]
         lines += ["", f"## {d['domain']} ({r['teacher']['n']} held-out items)", "", *teacher_lines(d), ""]
+        if d.get("reachable"):
+            lines += [
+                "Reachable ceiling (share of the held-out facts whose entity is named by): "
+                + ", ".join(f"{k} {v:.0%}" for k, v in d["reachable"].items())
+                + ".",
+                "",
+            ]
         lines += [
             f"Compute behind these results: {'' if d['compute_s_complete'] else 'at least '}"
             f"{d['compute_s'] / 60:.1f} min (teacher references, pools, training and evaluation, each timed when "
@@ -754,12 +820,14 @@ def main(argv: list[str] | None = None) -> dict:
             domains.append(head | {"points": run_curve(domain, refs, settings["seeds"], grid)})
             continue
         budget = Budget(settings["pairs"], settings["steps"], settings["rank"], settings["lr"])
-        by_seed = [{arm: domain.arm(arm, seed, budget) for arm in args.arms} for seed in settings["seeds"]]
-        arms = {arm: [results[arm] for results in by_seed] for arm in args.arms}
-        facts = {arm: [domain.arm_facts(arm, seed, budget.pairs) for seed in settings["seeds"]] for arm in args.arms}
-        used = [p for p in POOLS if any(POOL_OF.get(arm, arm) == p for arm in args.arms)]
+        names = domain.applicable(args.arms)
+        by_seed = [{arm: domain.arm(arm, seed, budget) for arm in names} for seed in settings["seeds"]]
+        arms = {arm: [results[arm] for results in by_seed] for arm in names}
+        facts = {arm: [domain.arm_facts(arm, seed, budget.pairs) for seed in settings["seeds"]] for arm in names}
+        used = [p for p in POOLS if any(POOL_OF.get(arm, arm) == p for arm in names)]
         pools = [domain.pool_stats(seed, used) for seed in settings["seeds"]]
-        domains.append(aggregate(name, refs, arms, facts, pools, teacher, time.perf_counter() - t0))
+        row = aggregate(name, refs, arms, facts, pools, teacher, time.perf_counter() - t0)
+        domains.append(row | {"reachable": domain.reachable(used, settings["seeds"])})
     command = "python bench/transfer.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results = {"command": command, "settings": settings, "domains": domains, "wall_s": time.perf_counter() - started}
     if args.curve:

@@ -5,6 +5,7 @@ Seeded and deterministic. Writes, into --out:
   test.jsonl   {"prompt", "answer"} asking the same facts in phrasings the teacher never saw (held out)
   seeds.txt    five training-phrasing questions: all the pipeline ever sees of the private data
   recipe.toml  the domain's prompt-writing instruction (expand.instruction), for the transfer benchmark
+  entities.txt the 24 names, no facts: the directory a user may have (the entities strategy)
   facts.jsonl  the ground truth, one (entity, attribute, value) per line: the benchmark's fact-level pool measures
 
     python bench/world.py --out data/world [--people 24] [--seed 0]
@@ -106,6 +107,8 @@ def write(out: Path, n_people: int, seed: int) -> None:
     # A JSON string is a valid TOML basic string.
     (out / "recipe.toml").write_text(f"[expand]\ninstruction = {json.dumps(INSTRUCTION)}\n")
     (out / "world.json").write_text(json.dumps(people, indent=1))
+    # names only, no facts: the directory a user may have (the entities strategy's input)
+    (out / "entities.txt").write_text("".join(p["name"] + "\n" for p in people))
     with (out / "facts.jsonl").open("w") as f:
         for person in people:
             for attribute in TEST:

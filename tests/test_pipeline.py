@@ -36,7 +36,8 @@ def _snapshot(db_path: Path) -> dict:
     q = lambda sql: con.execute(sql).fetchall()  # noqa: E731
     snap = {
         "prompts": q(
-            "select round, idx, text, source, fewshot_ids, status, dup_of, gen_tokens, parent_id from prompts "
+            "select round, idx, text, source, fewshot_ids, status, dup_of, gen_tokens, parent_id, strategy, inputs "
+            "from prompts "
             "order by round, idx"
         ),
         "answers": q(

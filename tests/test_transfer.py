@@ -31,6 +31,8 @@ def _domain(folder: Path, generator: Path) -> Path:
         for a in range(6):
             for b in range(4):
                 f.write(json.dumps({"entity": f"{a} plus {b}", "attribute": "sum", "value": str(a + b)}) + "\n")
+    # the entity list: names only (a entity is "a plus b" here), for the entities arm
+    (folder / "entities.txt").write_text("".join(f"{a} plus {b}\n" for a in range(6) for b in range(4)))
     # the domain's own settings: prompts written by continuing the list, as bench/evals_domain.py sets it up
     own = {"generator": {"model": generator, "chat_template": RAW}, "expand": {"instruction": "{examples}\n-"}}
     write_recipe(folder / "recipe.toml", own)
@@ -85,6 +87,12 @@ def test_quick_mode_runs_every_arm_and_resumes_from_its_cache(tiny, tmp_path):
     assert sum(r["paraphrases"] for r in pools["full_aug"]["rounds"]) > 0
     assert not any(r["paraphrases"] for r in pools["full"]["rounds"])
     assert domain["arms"]["oracle_aug"]["pairs"][0] >= domain["arms"]["oracle"]["pairs"][0]
+    # templates x entities: the seeds' form asked about other listed names, at most the round's candidates, each
+    # new to the run; the seeds name 5 of the 24 entities, the list all of them
+    entities = [r["candidates"] for r in pools["entities"]["rounds"][1:]]
+    assert entities and all(0 < n <= candidates for n in entities)
+    assert domain["reachable"]["entity list"] == 1.0
+    assert domain["reachable"]["seeds"] < domain["reachable"]["entities pool"]
     md = (tmp_path / "work" / "transfer-results.md").read_text()
     assert "target: full" in md and "chance" in md and "Recovered" in md
     # the headline, per seed, from the references: (arm - floor) / (teacher - floor)

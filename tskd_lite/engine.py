@@ -100,6 +100,15 @@ class Engine:
             eos_token=self.eos_text,
         )
 
+    def user_prefix(self) -> str:
+        """This model's chat template up to where the user's words begin: what it continues to write a user turn
+        of its own (Magpie, Xu et al. 2025), ending where it closes the turn."""
+        mark = "\x00user-turn\x00"
+        full = self.render(mark)
+        if mark not in full:
+            raise TskdError(f"{self.role}.chat_template: the template does not show the user's text as given")
+        return full[: full.index(mark)]
+
     def tokenize_prompt(self, rendered: str) -> list[int]:
         tokens = self.llm.tokenize(rendered.encode("utf-8"), add_bos=True, special=True)
         # Templates that write the BOS text themselves would otherwise get it twice.

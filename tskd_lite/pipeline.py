@@ -7,6 +7,7 @@ same pool and dataset as one that was never interrupted.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from tskd_lite.report import write_report, write_run_info
 from tskd_lite.score import score_pairs
 from tskd_lite.select import decide
 from tskd_lite.store import Store
+from tskd_lite.strategies import STRATEGIES, Round
 
 Log = Callable[[str], None]
 
@@ -129,8 +131,6 @@ def train_target(recipe: Recipe, *, progress: bool = True, log: Log = print):
 
 def token_selected_pairs(recipe: Recipe, log: Log) -> list:
     """The kept pairs with the byte spans of their top answer tokens, from the per-token scores in the store."""
-    import json
-
     from tskd_lite.select import top_token_spans
 
     store = Store.read(recipe.output.db)
@@ -222,8 +222,8 @@ def _rounds(store: Store, run_id: int, recipe: Recipe, models: _Models, progress
 
     kept_total = 0
     for round_ in range(recipe.expand.rounds + 1):
-        if round_ > 0:
-            _expand(store, run_id, round_, recipe, models, pool, progress)
+        if round_ > 0 and _expand(store, run_id, round_, recipe, models, pool, progress) == 0:
+            return "done", f"the {recipe.expand.strategy} strategy has no new prompts for round {round_}"
         n_kept, n_scored = _settle(store, run_id, round_, "candidates", recipe, models, unit, progress)
         kept_total += n_kept
         log(f"round {round_}: kept {n_kept} of {n_scored} scored pairs (total kept {kept_total})")
@@ -265,38 +265,58 @@ def _groups(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _expand(
-    store: Store, run_id: int, round_: int, recipe: Recipe, models: _Models, pool: Pool, progress: bool
-) -> None:
+def _expand(store: Store, run_id: int, round_: int, recipe: Recipe, models: _Models, pool: Pool, progress: bool) -> int:
+    """Write the round's candidates with the recipe's strategy, a group at a time, each group committed whole;
+    returns how many the round has (a strategy may run out: entities once every name was asked)."""
     cfg = recipe.expand
-    start = store.next_idx(run_id, round_)
-    if start >= cfg.candidates_per_round:
-        return
-    fewshot = store.kept_prompts_before(run_id, round_)
-    generator = models.generator
-    with _bar(progress, f"round {round_} expand", cfg.candidates_per_round, start) as bar:
-        for group in _groups(list(range(start, cfg.candidates_per_round)), recipe.parallel):
-            examples = {
-                idx: expand.pick_examples(fewshot, cfg.few_shot, expand.item_seed(recipe.seed, "fewshot", round_, idx))
-                for idx in group
-            }
-            gens, seconds = _write_prompts(
-                generator,
-                [generator.render(expand.instruction(cfg.instruction, examples[idx])) for idx in group],
-                [expand.item_seed(recipe.seed, "expand", round_, idx) for idx in group],
-                cfg,
-            )
+    strategy = _strategy(store, run_id, round_, recipe, models)
+    total, start = strategy.count(), store.next_idx(run_id, round_)
+    if start >= total:
+        return total
+    with _bar(progress, f"round {round_} expand", total, start) as bar:
+        for group in _groups(list(range(start, total)), recipe.parallel):
+            asks = [strategy.ask(idx) for idx in group]
+            to_write = [i for i, ask in enumerate(asks) if ask.prompt is None]
+            written = {}
+            if to_write:
+                gens, seconds = _write_prompts(
+                    getattr(models, strategy.writer),
+                    [asks[i].rendered for i in to_write],
+                    [expand.item_seed(recipe.seed, "expand", round_, group[i]) for i in to_write],
+                    cfg,
+                )
+                written = {i: (gen, seconds) for i, gen in zip(to_write, gens, strict=True)}
             rows = []
             prompt_id = store.next_prompt_id()
-            for idx, gen in zip(group, gens, strict=True):
-                text = expand.clean(gen.text)
-                fewshot_ids = _ids(examples[idx])
-                rows.append(
-                    _candidate(pool, prompt_id, run_id, round_, idx, text, "generated", fewshot_ids, gen, seconds)
+            for i, (idx, ask) in enumerate(zip(group, asks, strict=True)):
+                gen, seconds = written.get(i, (None, 0.0))
+                text = ask.prompt if gen is None else expand.clean(ask.lead + gen.text)
+                row = _candidate(
+                    pool, prompt_id, run_id, round_, idx, text, "generated", _ids(ask.sources), gen, seconds
                 )
+                inputs = json.dumps(ask.inputs) if ask.inputs else None
+                rows.append(row | {"strategy": cfg.strategy, "inputs": inputs})
                 prompt_id += 1
             store.insert_prompts(rows)  # the whole group or none of it: a resume redoes exactly this group
             bar.update(len(group))
+    return total
+
+
+def _strategy(store: Store, run_id: int, round_: int, recipe: Recipe, models: _Models):
+    """The recipe's strategy over what the store held before this round (so a resumed round plans alike)."""
+    writer = STRATEGIES[recipe.expand.strategy].writer
+    engine = (lambda: getattr(models, writer)) if writer else None
+    return STRATEGIES[recipe.expand.strategy](
+        Round(
+            cfg=recipe.expand,
+            seed=recipe.seed,
+            number=round_,
+            pool=store.kept_prompts_before(run_id, round_),
+            earlier={p["norm"] for p in store.prompts(run_id, where="round < ?", params=[round_])},
+            render=lambda text: engine().render(text),
+            user_prefix=lambda: engine().user_prefix(),
+        )
+    )
 
 
 def _paraphrase(
@@ -376,13 +396,13 @@ def _candidate(
         "fewshot_ids": fewshot,
         "status": status,
         "dup_of": dup,
-        "gen_tokens": gen.n_tokens,
+        "gen_tokens": gen.n_tokens if gen is not None else 0,
         "gen_seconds": seconds,
     }
 
 
-def _ids(rows: list[dict]) -> str:
-    return "[" + ",".join(str(r["id"]) for r in rows) + "]"
+def _ids(ids) -> str:
+    return "[" + ",".join(str(i) for i in ids) + "]"
 
 
 def _respond(store: Store, run_id: int, round_: int, recipe: Recipe, models: _Models, progress: bool) -> None:

@@ -31,6 +31,8 @@ DEFAULT_PARAPHRASE = (
     "Question: Who wrote Dune?\nRewritten: Who is the author of Dune?\n\n"
     "Question: {prompt}\nRewritten:"
 )
+# How a round writes its candidates (tskd_lite/strategies.py holds one class per name; a test keeps the two equal).
+STRATEGIES = ("fewshot", "continue", "sample", "entities")
 DEFAULT_INSTRUCTION = (
     "Here are example questions from one dataset:\n\n{examples}\n\n"
     "Write one new question of the same kind and topic, different from every example. "
@@ -77,6 +79,14 @@ class Seeds:
 
 @dataclass(frozen=True)
 class Expand:
+    # fewshot: the generator writes a new prompt from examples in its chat template (the paper's); continue: it
+    # continues a plain-text list of examples; sample: the teacher writes the user turn itself from its bare chat
+    # template (after Magpie), opened with a few words of a kept prompt or nothing; entities: every kept prompt
+    # that names a listed entity is asked again about each other entity (no model writes)
+    strategy: str = _one_of("fewshot", *STRATEGIES)
+    # names only (a catalogue, a directory), inline or one per line in a file: what the entities strategy fills in
+    entities: tuple[str, ...] = ()
+    entities_file: Path | None = None
     rounds: int = _ranged(3, lambda v: v >= 0, "an integer >= 0 (0: the seeds only)")
     candidates_per_round: int = _positive_int(32)
     target_kept: int = _positive_int(64)
@@ -246,6 +256,7 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     recipe = dataclasses.replace(recipe, path=path.resolve(), text=text)
     seeds = _load_seeds(recipe.seeds, path)
     recipe = dataclasses.replace(recipe, seeds=Seeds(prompts=seeds, file=recipe.seeds.file))
+    recipe = dataclasses.replace(recipe, expand=_load_entities(recipe.expand, path))
     for name in ("teacher", "base", "generator"):
         spec = getattr(recipe, name)
         if spec is not None:
@@ -366,6 +377,20 @@ def _load_seeds(seeds: Seeds, recipe_path: Path) -> tuple[str, ...]:
     if not prompts:
         raise TskdError(f"{recipe_path}: seeds: expected at least one seed prompt (seeds.prompts or seeds.file)")
     return tuple(dict.fromkeys(prompts))
+
+
+def _load_entities(cfg: Expand, recipe_path: Path) -> Expand:
+    names = list(cfg.entities)
+    if cfg.entities_file is not None:
+        where = f"{recipe_path}: expand.entities_file"
+        names += [line.strip() for line in read_lines(cfg.entities_file, where) if line.strip()]
+    names = list(dict.fromkeys(names))
+    if cfg.strategy == "entities" and len(names) < 2:
+        raise TskdError(
+            f"{recipe_path}: expand.entities: the entities strategy needs at least two names "
+            "(expand.entities or expand.entities_file, one name per line)"
+        )
+    return dataclasses.replace(cfg, entities=tuple(names))
 
 
 def _read_seed_file(file: Path, recipe_path: Path) -> list[str]:

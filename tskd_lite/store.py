@@ -114,8 +114,10 @@ class Store:
                 if_not_exists=True,
             )
             db["prompts"].create_index(["run_id", "round", "idx"], unique=True, if_not_exists=True)
-            if "parent_id" not in db["prompts"].columns_dict:  # stores from before paraphrase augmentation
-                db["prompts"].add_column("parent_id", int)
+            # columns added since the first schema (older stores gain them empty)
+            for column, kind in (("parent_id", int), ("strategy", str), ("inputs", str)):
+                if column not in db["prompts"].columns_dict:
+                    db["prompts"].add_column(column, kind)
             db["answers"].create(
                 {"prompt_id": int, "text": str, "n_tokens": int, "finish_reason": str, "seconds": float},
                 pk="prompt_id",

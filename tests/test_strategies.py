@@ -1,0 +1,145 @@
+"""Generation strategies: what each plans, that the pipeline records it, and that killed runs resume alike."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+from conftest import recipe_dict, write_recipe
+from test_pipeline import _kill_when, _resume_and_compare
+
+from tskd_lite import pipeline, recipe, strategies
+from tskd_lite.dedup import normalise
+from tskd_lite.engine import Engine
+from tskd_lite.errors import TskdError
+from tskd_lite.recipe import Expand, ModelSpec, load_recipe
+
+ENTITIES = ["water", "milk", "olive oil", "spider", "ant", "French", "German"]
+
+
+def test_the_registry_and_the_recipe_name_the_same_strategies():
+    assert tuple(strategies.STRATEGIES) == recipe.STRATEGIES
+
+
+def _round(pool_texts, entities, seed=0, earlier=()):
+    pool = [{"id": i + 1, "text": t} for i, t in enumerate(pool_texts)]
+    return strategies.Round(
+        cfg=Expand(strategy="entities", entities=tuple(entities), candidates_per_round=3),
+        seed=seed,
+        number=1,
+        pool=pool,
+        earlier={normalise(t) for t in (*pool_texts, *earlier)},
+        render=lambda t: t,
+        user_prefix=lambda: "",
+    )
+
+
+def test_entities_asks_each_form_about_every_other_name():
+    pool = ["Where does Ada Lin live?", "What pet does Bo Kra keep?", "Name a colour.", "Is Ada Linley here?"]
+    names = ["Ada Lin", "Bo Kra", "Cy Dee"]
+    s = strategies.Entities(_round(pool, names, earlier=["Where does Cy Dee live?"]))
+    texts = {text for text, _, _ in s.candidates}
+    # "Ada Linley" is not "Ada Lin"; a text already in the run (here from an earlier round) is not asked again
+    assert texts == {"Where does Bo Kra live?", "What pet does Ada Lin keep?", "What pet does Cy Dee keep?"}
+    assert s.count() == 3
+    ask = next(s.ask(i) for i in range(3) if s.ask(i).prompt == "What pet does Cy Dee keep?")
+    assert ask.sources == (2,) and ask.inputs == {"entity": "Cy Dee"} and ask.rendered is None
+    # the order is the run seed's, the same every time it is planned
+    again = strategies.Entities(_round(pool, names, earlier=["Where does Cy Dee live?"]))
+    assert again.candidates == s.candidates
+    orders = {tuple(strategies.Entities(_round(pool, names, seed=k)).candidates) for k in range(8)}
+    assert len(orders) > 1
+
+
+def test_the_entities_strategy_needs_names(tiny, tmp_path):
+    raw = recipe_dict(tiny, tmp_path / "r.db")
+    raw["expand"]["strategy"] = "entities"
+    with pytest.raises(TskdError, match=r"expand.entities: the entities strategy needs at least two names"):
+        load_recipe(write_recipe(tmp_path / "r.toml", raw))
+    raw["expand"]["entities_file"] = tmp_path / "missing.txt"
+    with pytest.raises(TskdError, match=r"expand.entities_file: file not found"):
+        load_recipe(write_recipe(tmp_path / "r.toml", raw))
+    (tmp_path / "names.txt").write_text("\ufeffwater\n\nmilk\nwater\n")
+    raw["expand"]["entities_file"] = tmp_path / "names.txt"
+    loaded = load_recipe(write_recipe(tmp_path / "r.toml", raw))
+    assert loaded.expand.entities == ("water", "milk")
+
+
+def test_the_user_prefix_is_the_template_up_to_the_users_words(tiny):
+    engine = Engine(ModelSpec(model=tiny["teacher"], n_ctx=256), role="teacher", threads=1, parallel=2)
+    try:
+        prefix = engine.user_prefix()
+        assert engine.render("Hello there").startswith(prefix + "Hello there")
+        assert "Hello" not in prefix and prefix.endswith("user\n")
+    finally:
+        engine.close()
+
+
+def _with(strategy):
+    def mutate(raw):
+        raw["expand"]["strategy"] = strategy
+        raw["expand"]["entities"] = ENTITIES
+        raw["select"] = {"rule": "top_fraction", "top_fraction": 1.0}
+
+    return mutate
+
+
+def _pool(tiny, tmp_path, strategy, name="run"):
+    raw = recipe_dict(tiny, tmp_path / f"{name}.db")
+    _with(strategy)(raw)
+    loaded = load_recipe(write_recipe(tmp_path / f"{name}.toml", raw))
+    result = pipeline.run(loaded, progress=False, log=lambda _: None)
+    con = sqlite3.connect(loaded.output.db)
+    rows = con.execute("select round, text, source, strategy, inputs, fewshot_ids, status from prompts").fetchall()
+    return loaded, result, rows
+
+
+def test_entities_pool_is_the_seed_forms_about_the_listed_names(tiny, tmp_path):
+    loaded, result, rows = _pool(tiny, tmp_path, "entities")
+    generated = [r for r in rows if r[2] == "generated"]
+    assert generated and all(r[3] == "entities" for r in generated)
+    seeds = {r[1] for r in rows if r[2] == "seed"}
+    for _, text, _, _, inputs, fewshot, _ in generated:
+        (form_id,) = json.loads(fewshot)
+        entity = json.loads(inputs)["entity"]
+        assert entity in text and text not in seeds
+    # forms x names is finite: three seeds name a listed entity (water, spider, French), each asked about the 6
+    # other names, 18 prompts over rounds of 12, so round 3 has nothing new: the run ends there, done, instead of
+    # stopping as if selection had kept nothing
+    assert len({r[1] for r in generated}) == len(generated) == 18
+    assert result.status == "done" and "no new prompts" in result.message
+
+
+def test_sample_prompts_are_the_teachers_own_user_turns(tiny, tmp_path):
+    _, _, rows = _pool(tiny, tmp_path, "sample")
+    generated = [r for r in rows if r[2] == "generated"]
+    assert len(generated) == 3 * 12 and all(r[3] == "sample" for r in generated)
+    openings = [json.loads(r[4])["opening"] for r in generated]
+    assert "" in openings and any(openings)
+    for (_, text, *_), opening in zip(generated, openings, strict=True):
+        assert text.startswith(opening) or not text
+
+
+@pytest.mark.parametrize("strategy", ["entities", "sample", "continue"])
+def test_killed_runs_with_each_strategy_resume_to_the_same_pool(tiny, tmp_path, strategy):
+    def slower(raw):
+        _with(strategy)(raw)
+        raw["expand"]["max_prompt_tokens"] = 48
+        raw["respond"]["max_answer_tokens"] = 64
+
+    clean_raw = recipe_dict(tiny, tmp_path / "clean.db")
+    slower(clean_raw)
+    pipeline.run(load_recipe(write_recipe(tmp_path / "clean.toml", clean_raw)), progress=False, log=lambda _: None)
+    raw = recipe_dict(tiny, tmp_path / "killed.db")
+    slower(raw)
+    path = write_recipe(tmp_path / "killed.toml", raw)
+    db = tmp_path / "killed.db"
+    points = [
+        "select count(*) from prompts where round = 1",
+        "select count(*) from answers a join prompts p on p.id = a.prompt_id where p.round = 1",
+        "select count(*) from scores s join prompts p on p.id = s.prompt_id where p.round = 2",
+    ]
+    kills = sum(_kill_when(path, db, sql, 2) for sql in points)
+    assert kills >= 2, "the runs finished before the kill points; the test did not interrupt anything"
+    _resume_and_compare(path, db, tmp_path / "clean.db")

@@ -1,0 +1,135 @@
+"""How a round writes its candidate prompts: one class per strategy, chosen by `expand.strategy`.
+
+A strategy turns a round's item indices into Asks: a finished prompt (no model writes it) or text for a model to
+continue, whose first line is the prompt, with what the ask was made from (recorded in the store). A strategy
+reads only what the store held before its round began, so a round resumed halfway plans the same candidates.
+Adding one means a class here and its name in `recipe.STRATEGIES`; the pipeline's loop does not change.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from tskd_lite import expand
+from tskd_lite.dedup import normalise
+from tskd_lite.recipe import Expand
+
+
+@dataclass(frozen=True)
+class Ask:
+    prompt: str | None = None  # a finished prompt
+    rendered: str | None = None  # text the writer continues
+    lead: str = ""  # words the prompt starts with, written before the writer's continuation
+    sources: tuple[int, ...] = ()  # ids of the prompts it was made from
+    inputs: dict = field(default_factory=dict)  # anything else it was made from (an entity, an opening)
+
+
+@dataclass
+class Round:
+    """What a strategy may use: the settings, the run seed, the round, the few-shot pool (seeds and the prompts
+    kept by earlier rounds), every prompt text of earlier rounds, and the writer's chat template."""
+
+    cfg: Expand
+    seed: int
+    number: int
+    pool: list[dict]
+    earlier: set[str]
+    render: Callable[[str], str]
+    user_prefix: Callable[[], str]
+
+
+class Fewshot:
+    """The paper's: the generator, in its chat template, is shown k examples and asked for a new prompt."""
+
+    writer = "generator"
+
+    def __init__(self, r: Round) -> None:
+        self.r = r
+
+    def count(self) -> int:
+        return self.r.cfg.candidates_per_round
+
+    def examples(self, idx: int) -> list[dict]:
+        return expand.pick_examples(
+            self.r.pool, self.r.cfg.few_shot, expand.item_seed(self.r.seed, "fewshot", self.r.number, idx)
+        )
+
+    def ask(self, idx: int) -> Ask:
+        examples = self.examples(idx)
+        text = expand.instruction(self.r.cfg.instruction, examples)
+        return Ask(rendered=self.r.render(text), sources=_ids(examples))
+
+
+class Continue(Fewshot):
+    """The generator continues a plain-text list of k examples: no chat template, no request to follow, so an
+    instruct model small enough to answer a request instead of following it still writes one more item."""
+
+    def ask(self, idx: int) -> Ask:
+        examples = self.examples(idx)
+        return Ask(rendered="".join(f"- {ex['text']}\n" for ex in examples) + "-", sources=_ids(examples))
+
+
+class Sample(Fewshot):
+    """The teacher writes a user turn itself from its bare chat template (Magpie, Xu et al. 2025): what it was
+    tuned on is what it is likely to ask. Half the items start with nothing; the others with the first one to
+    three words of a prompt from the few-shot pool, which holds the sampling to the domain's kinds of question."""
+
+    writer = "teacher"
+
+    def ask(self, idx: int) -> Ask:
+        rng = np.random.default_rng(expand.item_seed(self.r.seed, "sample", self.r.number, idx))
+        prefix = self.r.user_prefix()
+        if idx % 2 == 0:
+            return Ask(rendered=prefix, inputs={"opening": ""})
+        example = self.r.pool[int(rng.integers(len(self.r.pool)))]
+        lead = " ".join(example["text"].split()[: int(rng.integers(1, 4))])
+        return Ask(rendered=prefix + lead, lead=lead, sources=(example["id"],), inputs={"opening": lead})
+
+
+class Entities:
+    """Every prompt of the few-shot pool that names a listed entity, asked again about each other entity
+    (templates x entities): from a list of names only, without their facts, the pool reaches every entity the
+    user can name, which few-shot writing does not (a fine-tuned teacher rarely writes names it only saw asked
+    about). Candidates new to the run are shuffled by the run seed; a round takes up to candidates_per_round."""
+
+    writer = None
+
+    def __init__(self, r: Round) -> None:
+        self.r = r
+
+    @cached_property
+    def candidates(self) -> list[tuple[str, int, str]]:
+        out: dict[str, tuple[str, int, str]] = {}
+        names = self.r.cfg.entities
+        for prompt in self.r.pool:
+            for name in names:
+                pattern = re.compile(rf"(?<!\w){re.escape(name)}(?!\w)")
+                if not pattern.search(prompt["text"]):
+                    continue
+                for other in names:
+                    text = pattern.sub(lambda _, o=other: o, prompt["text"])
+                    norm = normalise(text)
+                    if other != name and norm not in self.r.earlier and norm not in out:
+                        out[norm] = (text, prompt["id"], other)
+        found = list(out.values())
+        order = np.random.default_rng(expand.item_seed(self.r.seed, "entities", self.r.number)).permutation(len(found))
+        return [found[i] for i in order]
+
+    def count(self) -> int:
+        return min(self.r.cfg.candidates_per_round, len(self.candidates))
+
+    def ask(self, idx: int) -> Ask:
+        text, source, entity = self.candidates[idx]
+        return Ask(prompt=text, sources=(source,), inputs={"entity": entity})
+
+
+STRATEGIES = {"fewshot": Fewshot, "continue": Continue, "sample": Sample, "entities": Entities}
+
+
+def _ids(rows: list[dict]) -> tuple[int, ...]:
+    return tuple(r["id"] for r in rows)
