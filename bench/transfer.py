@@ -18,6 +18,8 @@ the same number of pairs, on each arm:
   entities      the pool grown by templates x entities (expand.strategy = "entities") from the domain's
                 entities.txt (names only, no facts); a domain without that file has no such arm
   sample        the pool grown by the teacher writing its own user turns (expand.strategy = "sample", Magpie)
+  full_contrast the full pool's recipe with the contrast keep rule (select.rule = "contrast")
+  entities_contrast  the entities pool's recipe with the contrast keep rule
   oracle_aug    the oracle's pairs plus the teacher's answers to paraphrases of their prompts, written and selected
                 the way full_aug's are (a pool whose seeds are the oracle's prompts, no expansion rounds)
 
@@ -82,8 +84,10 @@ ARMS = (
     "oracle_aug",
     "entities",
     "sample",
+    "full_contrast",
+    "entities_contrast",
 )
-POOLS = ("full", "no_selection", "one_round", "full_aug", "entities", "sample")
+POOLS = ("full", "no_selection", "one_round", "full_aug", "entities", "sample", "full_contrast", "entities_contrast")
 POOL_OF = {"seeds_only": "full", "token_level": "full"}  # arms that train on another arm's pool
 TOKEN_TOP_FRACTION = 0.5
 QUICK = {
@@ -122,6 +126,10 @@ def pool_overrides(pool: str, recipe: Recipe, paraphrases: int, folder: Path) ->
     budget = {"target_kept": 1 << 30}  # run every round, whatever is kept, so the arms generate alike
     if pool == "full":
         return {"expand": budget}
+    if pool.endswith("_contrast"):
+        return pool_overrides(pool.removesuffix("_contrast"), recipe, paraphrases, folder) | {
+            "select": {"rule": "contrast"}
+        }
     if pool == "entities":
         return {"expand": {**budget, "strategy": "entities", "entities_file": str(folder / "entities.txt")}}
     if pool == "sample":
@@ -273,7 +281,8 @@ class Domain:
         base = self.recipe
         db = self.root / f"seed{seed}" / name / "pool.db"
         overrides = pool_overrides(name, base, self.s["paraphrases"], self.folder)
-        recipe = self.with_teacher({"seed": seed, "output": {"db": str(db)}, **overrides})
+        output = {"db": str(db), "export": str(db.with_suffix(".jsonl"))}
+        recipe = self.with_teacher({"seed": seed, "output": output, **overrides})
         return self._grown(recipe, name, seed)
 
     def oracle_pool(self, seed: int, n: int) -> Recipe:
@@ -286,7 +295,7 @@ class Domain:
             seeds.write_text("".join(" ".join(p.split()) + "\n" for p in prompts))
         overrides = {
             "seed": seed,
-            "output": {"db": str(folder / "pool.db")},
+            "output": {"db": str(folder / "pool.db"), "export": str(folder / "pool.jsonl")},
             "seeds": {"file": str(seeds)},
             "expand": {"rounds": 0, "target_kept": 1 << 30, "paraphrases": self.s["paraphrases"]},
         }
@@ -323,11 +332,18 @@ class Domain:
                 recipe, train=dataclasses.replace(recipe.train, token_top_fraction=TOKEN_TOP_FRACTION)
             )
             return sample(pipeline.token_selected_pairs(token, log), n, seed)
-        return sample(read_pairs(recipe.output.export_path), n, seed)
+        export = recipe.output.export_path
+        if not export.read_text(encoding="utf-8").strip():  # the pool kept nothing
+            return []
+        return sample(read_pairs(export), n, seed)
 
     def arm(self, arm: str, seed: int, budget: Budget) -> dict:
         def compute() -> dict:
             pairs = self.arm_pairs(arm, seed, budget.pairs)
+            if not pairs:  # a pool that kept nothing leaves the target as it was
+                log(f"[{self.name} seed {seed}] {arm}: no pairs to train on; the target stays untouched")
+                untouched = {k: v for k, v in self.references()["target_before"].items() if k != "compute_s"}
+                return untouched | {"pairs": 0, "steps": 0, "train_s": 0.0, "answer_tokens": 0}
             out = self.root / f"seed{seed}" / arm / f"train-{budget.key}"
             cfg = dataclasses.replace(
                 self.recipe.train,
@@ -369,9 +385,9 @@ class Domain:
 
     def applicable(self, arms: list[str]) -> list[str]:
         """The arms this domain can run: entities needs the domain's list of names."""
-        skipped = [a for a in arms if a == "entities" and self.entities() is None]
+        skipped = [a for a in arms if a.startswith("entities") and self.entities() is None]
         if skipped:
-            log(f"[{self.name}] no entities.txt: no entities arm")
+            log(f"[{self.name}] no entities.txt: no {', '.join(skipped)} arm")
         return [a for a in arms if a not in skipped]
 
     def reachable(self, pools: list[str], seeds: list[int]) -> dict | None:
@@ -485,7 +501,8 @@ def mean_facts(per_seed: list[dict | None]) -> dict | None:
     if not per_seed or per_seed[0] is None:
         return None
     keys = ("coverage", "precision", "wrong_rate", "facts_stated")
-    return {k: float(np.mean([m[k] for m in per_seed if m[k] is not None] or [np.nan])) for k in keys}
+    values = {k: [m[k] for m in per_seed if m[k] is not None] for k in keys}
+    return {k: float(np.mean(v)) if v else None for k, v in values.items()}  # None, not NaN: NaN != NaN
 
 
 def aggregate(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tskd_lite import expand, gguf_meta
+from tskd_lite import contrast, expand, gguf_meta
 from tskd_lite.dedup import Pool, normalise
 from tskd_lite.engine import Engine
 from tskd_lite.errors import TskdError
@@ -24,7 +24,7 @@ from tskd_lite.export import export
 from tskd_lite.recipe import Recipe, changed_keys, flatten, recipe_hash
 from tskd_lite.report import write_report, write_run_info
 from tskd_lite.score import score_pairs
-from tskd_lite.select import decide
+from tskd_lite.select import RULES, decide
 from tskd_lite.store import Store
 from tskd_lite.strategies import STRATEGIES, Round
 
@@ -248,6 +248,8 @@ def _settle(
     """respond -> score -> select for one stage of a round; returns (kept, scored) of that stage."""
     _respond(store, run_id, round_, recipe, models, progress)
     _score(store, run_id, round_, unit, models, progress, recipe.parallel)
+    if RULES[recipe.select.rule].needs_contrast:
+        _contrast(store, run_id, round_, recipe, models, progress)
     selected = store.round_selected(run_id, round_, stage) or _select(store, run_id, round_, recipe, stage)
     n_scored = sum(_in_stage(s["source"], stage) for s in store.scored(run_id, round_))
     return selected["n_kept"], n_scored
@@ -445,6 +447,45 @@ def _score(store: Store, run_id: int, round_: int, unit: str, models: _Models, p
         for group in _groups(todo, parallel):
             scores = score_pairs(teacher, base, [(row["prompt"], row["answer"]) for row in group], unit)
             store.add_scores([{"prompt_id": row["id"], **s} for row, s in zip(group, scores, strict=True)])
+            bar.update(len(group))
+
+
+def _contrast(store: Store, run_id: int, round_: int, recipe: Recipe, models: _Models, progress: bool) -> None:
+    """The teacher scores each scored pair again with the prompt's names and numbers swapped for invented ones
+    (tskd_lite/contrast.py); one contrast per pair, committed a group at a time."""
+    todo = store.uncontrasted(run_id, round_)
+    if not todo:
+        return
+    teacher, k = models.teacher, recipe.select.contrast_swaps
+    with _bar(progress, f"round {round_} contrast", len(todo)) as bar:
+        for group in _groups(todo, recipe.parallel):
+            t0 = time.perf_counter()
+            plans = [
+                contrast.plan(r["prompt"], r["answer"], expand.item_seed(recipe.seed, "contrast", round_, r["idx"]), k)
+                for r in group
+            ]
+            pairs = [
+                (teacher.tokenize_prompt(teacher.render(p)), teacher.tokenize_answer(a))
+                for plan in plans
+                for p, a, _, _ in plan
+            ]
+            scores = teacher.score(pairs) if pairs else []
+            rows, at = [], 0
+            for r, plan in zip(group, plans, strict=True):
+                swapped = []
+                for _, answer, old, new in plan:  # the pair's swaps, in the order they were flattened
+                    swapped.append((scores[at], teacher.answer_byte_ends(pairs[at][1], answer), old, new))
+                    at += 1
+                real = (json.loads(r["teacher_logprobs"]), json.loads(r["teacher_byte_ends"]))
+                rows.append(
+                    {
+                        "prompt_id": r["id"],
+                        "contrast": contrast.contrast(real, swapped) if plan else None,
+                        "swapped": json.dumps([p for p, *_ in plan]),
+                        "seconds": (time.perf_counter() - t0) / len(group),
+                    }
+                )
+            store.add_contrasts(rows)
             bar.update(len(group))
 
 

@@ -31,6 +31,8 @@ DEFAULT_PARAPHRASE = (
     "Question: Who wrote Dune?\nRewritten: Who is the author of Dune?\n\n"
     "Question: {prompt}\nRewritten:"
 )
+# The keep rules (tskd_lite/select.py holds one per name; a test keeps the two equal).
+RULES = ("ppl_ratio", "top_fraction", "contrast")
 # How a round writes its candidates (tskd_lite/strategies.py holds one class per name; a test keeps the two equal).
 STRATEGIES = ("fewshot", "continue", "sample", "entities")
 DEFAULT_INSTRUCTION = (
@@ -116,14 +118,20 @@ class Respond:
 
 @dataclass(frozen=True)
 class Select:
-    """Keep rule. ppl_ratio: PPL_base / PPL_teacher >= tau (TuneShift-KD); top_fraction: the best share of a round.
+    """Keep rule. ppl_ratio: PPL_base / PPL_teacher >= tau (TuneShift-KD); top_fraction: the best share of a round;
+    contrast: ppl_ratio's test and the contrast test below, ranked by contrast.
 
     top_fraction below 1 also caps ppl_ratio to that share of the round; max_teacher_ppl drops answers the teacher
     itself finds unlikely (degenerate or truncated output).
     """
 
-    rule: str = _one_of("ppl_ratio", "ppl_ratio", "top_fraction")
+    rule: str = _one_of("ppl_ratio", *RULES)
     tau: float = _ranged(1.5, lambda v: v > 0, "a number > 0")
+    # contrast: also keep only answers whose words outside the prompt's names and numbers the teacher finds at
+    # least min_contrast nats likelier with the real names than with invented ones (tskd_lite/contrast.py),
+    # averaged over contrast_swaps swaps: the teacher knows, rather than guesses or echoes
+    min_contrast: float = _ranged(1.0, lambda v: v >= 0, "a number >= 0")
+    contrast_swaps: int = _ranged(2, lambda v: 1 <= v <= 8, "an integer in [1, 8]")
     top_fraction: float = _unit_interval(1.0)
     max_teacher_ppl: float | None = _ranged(None, lambda v: v > 1, "a number > 1")
     min_answer_tokens: int = _positive_int(1)

@@ -3,18 +3,51 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from tskd_lite.recipe import Select
 
 
+@dataclass(frozen=True)
+class Rule:
+    """A keep rule: why a scored row fails it (None: it passes), and the score a round's top_fraction ranks by."""
+
+    fails: Callable[[dict, Select], str | None]
+    rank: Callable[[dict], float]
+    needs_contrast: bool = False  # the pipeline measures contrast (tskd_lite/contrast.py) before selecting
+
+
+def _ratio_fails(row: dict, rule: Select) -> str | None:
+    if row["gap"] < math.log(rule.tau):
+        return f"PPL ratio {math.exp(row['gap']):.3g} < tau"
+    return None
+
+
+def _contrast_fails(row: dict, rule: Select) -> str | None:
+    if row.get("contrast") is None:
+        return "no name or number in the prompt to contrast"
+    if row["contrast"] < rule.min_contrast:
+        return f"contrast {row['contrast']:.3g} < min_contrast"
+    return _ratio_fails(row, rule)
+
+
+RULES = {
+    "ppl_ratio": Rule(_ratio_fails, lambda row: row["gap"]),
+    "top_fraction": Rule(lambda row, rule: None, lambda row: row["gap"]),
+    "contrast": Rule(_contrast_fails, lambda row: row["contrast"], needs_contrast=True),
+}
+
+
 def decide(scored: list[dict], rule: Select) -> list[tuple[bool, str]]:
-    """Keep/drop with a reason for each scored row (keys: gap, teacher_ppl, n_tokens), in input order.
+    """Keep/drop with a reason for each scored row (keys: gap, teacher_ppl, n_tokens, contrast), in input order.
 
     gap = mean NLL_base - mean NLL_teacher = log(PPL_base / PPL_teacher), so the paper's ratio test
-    PPL_base / PPL_teacher >= tau is gap >= log(tau).
+    PPL_base / PPL_teacher >= tau is gap >= log(tau). The shared filters run first, then the rule's own test.
     """
+    keep = RULES[rule.rule]
     decisions: list[tuple[bool, str] | None] = []
     eligible = []
     for i, row in enumerate(scored):
@@ -22,21 +55,20 @@ def decide(scored: list[dict], rule: Select) -> list[tuple[bool, str]]:
             decisions.append((False, f"answer has {row['n_tokens']} tokens < min_answer_tokens"))
         elif rule.max_teacher_ppl is not None and row["teacher_ppl"] > rule.max_teacher_ppl:
             decisions.append((False, f"teacher PPL {row['teacher_ppl']:.3g} > max_teacher_ppl"))
-        elif rule.rule == "ppl_ratio" and row["gap"] < math.log(rule.tau):
-            decisions.append((False, f"PPL ratio {math.exp(row['gap']):.3g} < tau"))
+        elif (why := keep.fails(row, rule)) is not None:
+            decisions.append((False, why))
         else:
             decisions.append(None)
             eligible.append(i)
     # The top fraction is taken of the whole round, so it means the same share whatever the other filters removed.
     n_top = math.ceil(rule.top_fraction * len(scored))
-    ranked = sorted(eligible, key=lambda i: (-scored[i]["gap"], i))
+    ranked = sorted(eligible, key=lambda i: (-keep.rank(scored[i]), i))
     top = set(ranked[:n_top])
     for i in eligible:
-        ratio = math.exp(scored[i]["gap"])
-        if i in top:
-            decisions[i] = (True, f"PPL ratio {ratio:.3g}")
-        else:
-            decisions[i] = (False, f"PPL ratio {ratio:.3g} outside the round's top_fraction")
+        why = f"PPL ratio {math.exp(scored[i]['gap']):.3g}"
+        if rule.rule == "contrast":
+            why += f", contrast {scored[i]['contrast']:.3g}"
+        decisions[i] = (True, why) if i in top else (False, f"{why} outside the round's top_fraction")
     return decisions  # type: ignore[return-value]
 
 

@@ -145,6 +145,12 @@ class Store:
                 foreign_keys=[("prompt_id", "prompts", "id")],
                 if_not_exists=True,
             )
+            db["contrasts"].create(
+                {"prompt_id": int, "contrast": float, "swapped": str, "seconds": float},
+                pk="prompt_id",
+                foreign_keys=[("prompt_id", "prompts", "id")],
+                if_not_exists=True,
+            )
             db["selections"].create(
                 {"prompt_id": int, "run_id": int, "round": int, "kept": int, "reason": str},
                 pk="prompt_id",
@@ -299,13 +305,33 @@ class Store:
             self.db["scores"].insert_all(rows, alter=True)  # databases from before a new column gain it
 
     def scored(self, run_id: int, round_: int) -> list[dict]:
+        # a store from before contrasts, opened read-only, has no such table to join
+        contrasts = "contrasts" in self.db.table_names()
         return list(
             self.db.query(
-                """select p.id, p.idx, p.source, s.* from prompts p join scores s on s.prompt_id = p.id
+                f"""select p.id, p.idx, p.source, s.*, {"c.contrast" if contrasts else "null as contrast"}
+               from prompts p join scores s on s.prompt_id = p.id
+               {"left join contrasts c on c.prompt_id = p.id" if contrasts else ""}
                where p.run_id = ? and p.round = ? order by p.idx""",
                 [run_id, round_],
             )
         )
+
+    def uncontrasted(self, run_id: int, round_: int) -> list[dict]:
+        """The round's scored pairs that have no contrast yet, with the teacher's per-token scores."""
+        return list(
+            self.db.query(
+                """select p.id, p.idx, p.text as prompt, a.text as answer, s.teacher_logprobs, s.teacher_byte_ends
+               from prompts p join answers a on a.prompt_id = p.id join scores s on s.prompt_id = p.id
+               left join contrasts c on c.prompt_id = p.id
+               where p.run_id = ? and p.round = ? and c.prompt_id is null order by p.idx""",
+                [run_id, round_],
+            )
+        )
+
+    def add_contrasts(self, rows: list[dict]) -> None:
+        with self.transaction():
+            self.db["contrasts"].insert_all(rows)
 
     # selection ------------------------------------------------------------------------------------------
 
