@@ -90,3 +90,26 @@ def test_clean_keeps_the_first_prompt_of_a_reply():
     assert clean('"Name a river."\n\nHere is another: Name a lake.') == "Name a river."
     assert clean("-\n- A tortoise lives in X.\nA tortoise lives in X.") == "A tortoise lives in X."
     assert clean("  \n ") == ""
+
+
+def test_token_gap_keeps_an_answer_whose_few_top_tokens_carry_the_lift():
+    import json
+
+    # 8 tokens: the whole answer's mean lift is 0.25 (< log 1.5 = 0.405), its top quarter's (2 tokens) is 1.0
+    teacher = [-0.1] * 6 + [-0.1, -0.1]
+    base = [-0.1] * 6 + [-1.1, -1.1]
+    row = {
+        "gap": 0.25,
+        "teacher_ppl": 1.1,
+        "n_tokens": 8,
+        "unit": "token",
+        "teacher_logprobs": json.dumps(teacher),
+        "base_logprobs": json.dumps(base),
+    }
+    flat = dict(row, base_logprobs=json.dumps([-0.3] * 8), gap=0.2)  # the same mean spread evenly: no peak
+    per_byte = dict(row, unit="byte")
+    ratio = decide([dict(row), dict(flat)], Select(rule="ppl_ratio", tau=1.5))
+    token = decide([dict(row), dict(flat), dict(per_byte)], Select(rule="token_gap", tau=1.5))
+    assert [k for k, _ in ratio] == [False, False]
+    assert [k for k, _ in token] == [True, False, False]
+    assert "top-token lift 0.2 < log(tau)" in token[1][1] and "share a tokenizer" in token[2][1]

@@ -32,7 +32,7 @@ DEFAULT_PARAPHRASE = (
     "Question: {prompt}\nRewritten:"
 )
 # The keep rules (tskd_lite/select.py holds one per name; a test keeps the two equal).
-RULES = ("ppl_ratio", "top_fraction", "contrast")
+RULES = ("ppl_ratio", "top_fraction", "contrast", "token_gap")
 # How a round writes its candidates (tskd_lite/strategies.py holds one class per name; a test keeps the two equal).
 STRATEGIES = ("fewshot", "continue", "sample", "entities")
 DEFAULT_INSTRUCTION = (
@@ -119,7 +119,8 @@ class Respond:
 @dataclass(frozen=True)
 class Select:
     """Keep rule. ppl_ratio: PPL_base / PPL_teacher >= tau (TuneShift-KD); top_fraction: the best share of a round;
-    contrast: ppl_ratio's test and the contrast test below, ranked by contrast.
+    contrast: ppl_ratio's test and the contrast test below, ranked by contrast; token_gap: the mean lift of the
+    answer's top quarter of tokens >= log(tau) (TiTok's token-level gap as a keep rule), ranked by it.
 
     top_fraction below 1 also caps ppl_ratio to that share of the round; max_teacher_ppl drops answers the teacher
     itself finds unlikely (degenerate or truncated output).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,10 +35,28 @@ def _contrast_fails(row: dict, rule: Select) -> str | None:
     return _ratio_fails(row, rule)
 
 
+def _token_lift(row: dict) -> float:
+    """Mean teacher-over-base log-prob lift of the answer's top quarter of tokens (TiTok's token-level gap): a
+    fact is a few tokens of an answer, and the whole answer's mean dilutes them with the words around them."""
+    if "token_lift" not in row:
+        lift = np.asarray(json.loads(row["teacher_logprobs"])) - np.asarray(json.loads(row["base_logprobs"]))
+        row["token_lift"] = float(np.sort(lift)[::-1][: math.ceil(len(lift) / 4)].mean())
+    return row["token_lift"]
+
+
+def _token_fails(row: dict, rule: Select) -> str | None:
+    if row.get("unit") != "token":
+        return "token_gap needs teacher and base to share a tokenizer"
+    if _token_lift(row) < math.log(rule.tau):
+        return f"top-token lift {_token_lift(row):.3g} < log(tau)"
+    return None
+
+
 RULES = {
     "ppl_ratio": Rule(_ratio_fails, lambda row: row["gap"]),
     "top_fraction": Rule(lambda row, rule: None, lambda row: row["gap"]),
     "contrast": Rule(_contrast_fails, lambda row: row["contrast"], needs_contrast=True),
+    "token_gap": Rule(_token_fails, _token_lift),
 }
 
 
