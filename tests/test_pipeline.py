@@ -430,3 +430,35 @@ def test_a_killed_run_with_paraphrases_resumes_to_the_same_pool(tiny, tmp_path):
     kills = sum(_kill_when(path, db, sql, 3) for sql in points)
     assert kills >= 2, "the runs finished before the kill points; the test did not interrupt anything"
     _resume_and_compare(path, db, tmp_path / "clean.db")
+
+
+# -- context size ------------------------------------------------------------------------------------------------
+
+
+def test_an_overflowing_seed_or_instruction_is_refused_before_the_run_starts(tiny, tmp_path):
+    def long_seed(raw):
+        raw["seeds"]["prompts"] = [*SEEDS, "word " * 200]
+        raw["teacher"]["n_ctx"] = raw["base"]["n_ctx"] = 128
+
+    with pytest.raises(TskdError, match=r"teacher.n_ctx: seed prompt 6 takes \d+ tokens .* raise teacher.n_ctx"):
+        _run(tiny, tmp_path, mutate=long_seed)
+    con = sqlite3.connect(tmp_path / "run.db")
+    assert con.execute("select count(*) from runs").fetchone()[0] == 0  # nothing started, nothing to clean up
+
+    def long_instruction(raw):
+        raw["teacher"]["n_ctx"] = raw["base"]["n_ctx"] = 160
+        raw["expand"]["max_prompt_tokens"] = 40
+
+    with pytest.raises(TskdError, match=r"teacher.n_ctx: the prompt-writing instruction .* lower expand.few_shot"):
+        _run(tiny, tmp_path, "instr", mutate=long_instruction)
+
+
+def test_n_ctx_may_be_raised_to_resume_a_run(tiny, tmp_path):
+    recipe, first = _run(tiny, tmp_path, mutate=lambda raw: raw["expand"].update(rounds=1))
+
+    def more(raw):
+        raw["expand"]["rounds"] = 2
+        raw["teacher"]["n_ctx"] = raw["base"]["n_ctx"] = 1024
+
+    _, resumed = _run(tiny, tmp_path, mutate=more)
+    assert resumed.run_id == first.run_id

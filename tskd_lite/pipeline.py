@@ -75,6 +75,8 @@ def run(recipe: Recipe, *, force_new: bool = False, progress: bool = True, log: 
     store = Store.open(recipe.output.db)
     models = _Models(recipe, log)
     try:
+        if force_new or store.latest_run() is None:
+            _preflight(recipe, models)
         run_id = _start(store, recipe, force_new, log)
         started = time.perf_counter()
         try:
@@ -172,6 +174,35 @@ def evaluate_run(recipe: Recipe, *, progress: bool = True, log: Log = print) -> 
             f"NLL {nll} nats/byte  ({row['runtime']})"
         )
     return result
+
+
+def _preflight(recipe: Recipe, models: _Models) -> None:
+    """Before a new run: every seed, and the prompt-writing instruction at its longest, fit the models' contexts, so
+    an overflow is not found rounds later. (n_ctx may change on a resume: raising it is the fix.)"""
+    teacher = models.teacher
+    for i, seed in enumerate(recipe.seeds.prompts, 1):
+        n = len(teacher.tokenize_prompt(teacher.render(seed)))
+        if n >= teacher.spec.n_ctx:
+            raise TskdError(
+                f"{recipe.path}: teacher.n_ctx: seed prompt {i} takes {n} tokens with the chat template, leaving no "
+                f"room for an answer in n_ctx = {teacher.spec.n_ctx}; raise teacher.n_ctx or shorten the seed"
+            )
+    cfg = recipe.expand
+    if cfg.rounds == 0 or STRATEGIES[cfg.strategy].writer != "generator":
+        return
+    writer = models.generator
+    tokens = lambda text: len(writer.tokenize_answer(text))  # noqa: E731
+    longest = sorted(recipe.seeds.prompts, key=tokens)[-cfg.few_shot :]
+    worst = [{"text": max(text, "x " * cfg.max_prompt_tokens, key=tokens)} for text in longest]
+    rendered = writer.render(expand.instruction(cfg.instruction, worst))
+    n = len(writer.tokenize_prompt(rendered)) + cfg.max_prompt_tokens
+    if n > writer.spec.n_ctx:
+        role = "generator" if recipe.generator is not None else "teacher"
+        raise TskdError(
+            f"{recipe.path}: {role}.n_ctx: the prompt-writing instruction with {cfg.few_shot} examples as long as "
+            f"expand.max_prompt_tokens allows, and its reply, can take {n} tokens, more than n_ctx = "
+            f"{writer.spec.n_ctx}; raise {role}.n_ctx or lower expand.few_shot or expand.max_prompt_tokens"
+        )
 
 
 def _start(store: Store, recipe: Recipe, force_new: bool, log: Log) -> int:

@@ -238,9 +238,21 @@ class Recipe:
 
 
 # Keys that may change between a run and its resume without changing the pool already computed: where the output
-# goes, how many threads, how far the run goes (extending rounds or the target is legitimate), and everything
-# downstream of the dataset (training has its own checkpoint check).
-RESUMABLE_KEYS = ("output.", "threads", "expand.rounds", "expand.target_kept", "target.", "train.", "eval.")
+# goes, how many threads, how far the run goes (extending rounds or the target is legitimate), everything
+# downstream of the dataset (training has its own checkpoint check), and the models' context sizes.
+RESUMABLE_KEYS = (
+    "output.",
+    "threads",
+    "expand.rounds",
+    "expand.target_kept",
+    "target.",
+    "train.",
+    "eval.",
+    # the context size decides only whether a prompt fits, and raising it is how a run past an overflow resumes
+    "teacher.n_ctx",
+    "base.n_ctx",
+    "generator.n_ctx",
+)
 
 
 def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
