@@ -28,3 +28,18 @@ def compile_template(override: str | None, model: Path, role: str) -> Template:
         return env.from_string(template)
     except Exception as e:  # jinja2 raises TemplateSyntaxError and friends
         raise TskdError(f"{role}.chat_template: not a valid Jinja template ({e})") from None
+
+
+def render_user_turn(template: Template, role: str, user_text: str, bos: str = "", eos: str = "") -> str:
+    """One user turn rendered, ready for the reply; a template that fails while rendering (an index it lacks, a
+    filter it misuses) gives one line naming the role instead of a traceback mid-run."""
+    try:
+        return template.render(
+            messages=[{"role": "user", "content": user_text}], add_generation_prompt=True, bos_token=bos, eos_token=eos
+        )
+    except TskdError:
+        raise
+    except Exception as e:  # jinja2 raises UndefinedError, TypeError and friends from inside the template
+        raise TskdError(
+            f"{role}.chat_template: the template failed while rendering ({type(e).__name__}: {e})"
+        ) from None

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tskd_lite.chat import compile_template
+from tskd_lite.chat import compile_template, render_user_turn
 from tskd_lite.errors import TskdError
 from tskd_lite.recipe import ModelSpec
 
@@ -93,12 +93,7 @@ class Engine:
         """The user turn wrapped in this model's chat template, ready for the assistant's reply."""
         if self._template is None:
             self._template = compile_template(self.spec.chat_template, self.spec.model, self.role)
-        return self._template.render(
-            messages=[{"role": "user", "content": user_text}],
-            add_generation_prompt=True,
-            bos_token=self.bos_text,
-            eos_token=self.eos_text,
-        )
+        return render_user_turn(self._template, self.role, user_text, self.bos_text, self.eos_text)
 
     def user_prefix(self) -> str:
         """This model's chat template up to where the user's words begin: what it continues to write a user turn

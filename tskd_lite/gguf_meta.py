@@ -73,8 +73,13 @@ def read_header(path: Path, where: str) -> GGUFHeader:
     try:
         cur = _Cursor(buf)
         cur.pos = 4
-        cur.take("<I")
+        version = cur.take("<I")
+        if version not in (2, 3):
+            raise ValueError(f"version {version}, expected 2 or 3")
         n_tensors, n_kv = cur.take("<Q"), cur.take("<Q")
+        # every key-value pair and tensor entry takes at least 12 bytes: counts beyond that are damage
+        if n_kv * 12 > len(buf) or n_tensors * 12 > len(buf):
+            raise ValueError(f"{n_kv} keys and {n_tensors} tensors cannot fit in {len(buf)} bytes")
         fields = {}
         for _ in range(n_kv):
             key = cur.string()
@@ -82,11 +87,17 @@ def read_header(path: Path, where: str) -> GGUFHeader:
         tensors = {}
         for _ in range(n_tensors):
             name = cur.string()
-            dims = tuple(cur.take("<Q") for _ in range(cur.take("<I")))
+            n_dims = cur.take("<I")
+            if not 1 <= n_dims <= 4:
+                raise ValueError(f"tensor {name!r} has {n_dims} dimensions")
+            dims = tuple(cur.take("<Q") for _ in range(n_dims))
             tensors[name] = (dims, cur.take("<I"), cur.take("<Q"))
-    except (struct.error, ValueError, UnicodeDecodeError) as e:
+        align = fields.get("general.alignment", 32)
+        if not isinstance(align, int) or align <= 0 or align & (align - 1):
+            raise ValueError(f"general.alignment {align!r} is not a power of two")
+    except (struct.error, ValueError, UnicodeDecodeError, OverflowError) as e:
+        # OverflowError: a damaged length or count sends the cursor past what struct can address
         raise TskdError(f"{where}: {path} is not a readable GGUF file (header: {e})") from None
-    align = int(fields.get("general.alignment", 32))
     return GGUFHeader(fields, tensors, -(-cur.pos // align) * align)
 
 
@@ -102,11 +113,16 @@ def check_gguf(path: Path, where: str) -> GGUFHeader:
 
     header = read_header(path, where)
     size = path.stat().st_size
+    align = header.fields.get("general.alignment", 32)
     for name, (dims, kind, offset) in header.tensors.items():
-        block, type_size = GGML_QUANT_SIZES.get(kind, (1, 0))
+        if kind not in GGML_QUANT_SIZES:
+            raise TskdError(f"{where}: {path} is damaged (tensor {name} has unknown type {kind})")
+        block, type_size = GGML_QUANT_SIZES[kind]
         n = 1
         for d in dims:
             n *= d
+        if n == 0 or offset % align or n % block:
+            raise TskdError(f"{where}: {path} is damaged (tensor {name}: shape {dims}, offset {offset})")
         end = header.data_start + offset + n // block * type_size
         if end > size:
             raise TskdError(f"{where}: {path} is truncated (tensor {name} ends past the end of the file)")

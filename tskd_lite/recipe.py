@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tskd_lite.chat import compile_template
+from tskd_lite.chat import compile_template, render_user_turn
 from tskd_lite.errors import TskdError
 from tskd_lite.gguf_meta import check_gguf
 from tskd_lite.jsonl import read_jsonl, read_lines
@@ -298,7 +298,7 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         spec = getattr(recipe, name)
         if spec is not None:
             try:
-                compile_template(spec.chat_template, spec.model, name)
+                render_user_turn(compile_template(spec.chat_template, spec.model, name), name, "Is this a test?")
             except TskdError as e:
                 raise TskdError(f"{path}: {e}") from None
     return recipe
@@ -396,7 +396,8 @@ def _load_seeds(seeds: Seeds, recipe_path: Path) -> tuple[str, ...]:
     if seeds.file is not None:
         prompts += _read_seed_file(seeds.file, recipe_path)
     if not prompts:
-        raise TskdError(f"{recipe_path}: seeds: expected at least one seed prompt (seeds.prompts or seeds.file)")
+        where = f"seeds.file: {seeds.file} holds no prompt" if seeds.file else "seeds"
+        raise TskdError(f"{recipe_path}: {where}: expected at least one seed prompt (seeds.prompts or seeds.file)")
     return tuple(dict.fromkeys(prompts))
 
 
