@@ -20,6 +20,8 @@ the same number of pairs, on each arm:
   sample        the pool grown by the teacher writing its own user turns (expand.strategy = "sample", Magpie)
   full_contrast the full pool's recipe with the contrast keep rule (select.rule = "contrast")
   entities_contrast  the entities pool's recipe with the contrast keep rule
+  follow_contrast    the pool grown by following names (expand.strategy = "follow": the seeds' and the answers'
+                names, no list) with the contrast keep rule
   oracle_aug    the oracle's pairs plus the teacher's answers to paraphrases of their prompts, written and selected
                 the way full_aug's are (a pool whose seeds are the oracle's prompts, no expansion rounds)
 
@@ -86,8 +88,19 @@ ARMS = (
     "sample",
     "full_contrast",
     "entities_contrast",
+    "follow_contrast",
 )
-POOLS = ("full", "no_selection", "one_round", "full_aug", "entities", "sample", "full_contrast", "entities_contrast")
+POOLS = (
+    "full",
+    "no_selection",
+    "one_round",
+    "full_aug",
+    "entities",
+    "sample",
+    "full_contrast",
+    "entities_contrast",
+    "follow_contrast",
+)
 POOL_OF = {"seeds_only": "full", "token_level": "full"}  # arms that train on another arm's pool
 TOKEN_TOP_FRACTION = 0.5
 QUICK = {
@@ -132,8 +145,8 @@ def pool_overrides(pool: str, recipe: Recipe, paraphrases: int, folder: Path) ->
         }
     if pool == "entities":
         return {"expand": {**budget, "strategy": "entities", "entities_file": str(folder / "entities.txt")}}
-    if pool == "sample":
-        return {"expand": {**budget, "strategy": "sample"}}
+    if pool in ("sample", "follow"):
+        return {"expand": {**budget, "strategy": pool}}
     if pool == "full_aug":
         return {"expand": {**budget, "paraphrases": paraphrases}}
     if pool == "no_selection":

@@ -22,13 +22,14 @@ def test_the_registry_and_the_recipe_name_the_same_strategies():
     assert tuple(strategies.STRATEGIES) == recipe.STRATEGIES
 
 
-def _round(pool_texts, entities, seed=0, earlier=()):
+def _round(pool_texts, entities, seed=0, earlier=(), answers=()):
     pool = [{"id": i + 1, "text": t} for i, t in enumerate(pool_texts)]
     return strategies.Round(
         cfg=Expand(strategy="entities", entities=tuple(entities), candidates_per_round=3),
         seed=seed,
         number=1,
         pool=pool,
+        answers=list(answers),
         earlier={normalise(t) for t in (*pool_texts, *earlier)},
         render=lambda t: t,
         user_prefix=lambda: "",
@@ -50,6 +51,16 @@ def test_entities_asks_each_form_about_every_other_name():
     assert again.candidates == s.candidates
     orders = {tuple(strategies.Entities(_round(pool, names, seed=k)).candidates) for k in range(8)}
     assert len(orders) > 1
+
+
+def test_follow_asks_about_the_names_the_answers_bring_up():
+    pool = ["Where does Ada Lin live?", "What is 12 times 7?"]
+    answers = ["Ada Lin lives next door to Bo Kra, in Brora.", "84"]
+    s = strategies.Follow(_round(pool, [], answers=answers))
+    assert s.names == ("Ada Lin", "Bo Kra", "Brora")  # numbers are not names; the answer's first word counts
+    assert {text for text, _, _ in s.candidates} == {"Where does Bo Kra live?", "Where does Brora live?"}
+    listed = strategies.Follow(_round(pool, ["Cy Dee"], answers=answers))
+    assert listed.names[0] == "Cy Dee" and "Where does Cy Dee live?" in {t for t, _, _ in listed.candidates}
 
 
 def test_the_entities_strategy_needs_names(tiny, tmp_path):
@@ -121,7 +132,7 @@ def test_sample_prompts_are_the_teachers_own_user_turns(tiny, tmp_path):
         assert text.startswith(opening) or not text
 
 
-@pytest.mark.parametrize("strategy", ["entities", "sample", "continue"])
+@pytest.mark.parametrize("strategy", ["entities", "sample", "continue", "follow"])
 def test_killed_runs_with_each_strategy_resume_to_the_same_pool(tiny, tmp_path, strategy):
     def slower(raw):
         _with(strategy)(raw)

@@ -345,6 +345,7 @@ def _strategy(store: Store, run_id: int, round_: int, recipe: Recipe, models: _M
             seed=recipe.seed,
             number=round_,
             pool=store.kept_prompts_before(run_id, round_),
+            answers=[r["answer"] for r in store.kept_pairs(run_id) if r["round"] < round_],
             earlier={p["norm"] for p in store.prompts(run_id, where="round < ?", params=[round_])},
             render=lambda text: engine().render(text),
             user_prefix=lambda: engine().user_prefix(),

@@ -34,7 +34,7 @@ DEFAULT_PARAPHRASE = (
 # The keep rules (tskd_lite/select.py holds one per name; a test keeps the two equal).
 RULES = ("ppl_ratio", "top_fraction", "contrast", "token_gap")
 # How a round writes its candidates (tskd_lite/strategies.py holds one class per name; a test keeps the two equal).
-STRATEGIES = ("fewshot", "continue", "sample", "entities")
+STRATEGIES = ("fewshot", "continue", "sample", "entities", "follow")
 DEFAULT_INSTRUCTION = (
     "Here are example questions from one dataset:\n\n{examples}\n\n"
     "Write one new question of the same kind and topic, different from every example. "
@@ -84,7 +84,8 @@ class Expand:
     # fewshot: the generator writes a new prompt from examples in its chat template (the paper's); continue: it
     # continues a plain-text list of examples; sample: the teacher writes the user turn itself from its bare chat
     # template (after Magpie), opened with a few words of a kept prompt or nothing; entities: every kept prompt
-    # that names a listed entity is asked again about each other entity (no model writes)
+    # that names a listed entity is asked again about each other entity (no model writes); follow: the same, with
+    # the names found in the pool's prompts and the teacher's answers (and the list, if any)
     strategy: str = _one_of("fewshot", *STRATEGIES)
     # names only (a catalogue, a directory), inline or one per line in a file: what the entities strategy fills in
     entities: tuple[str, ...] = ()

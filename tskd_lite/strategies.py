@@ -16,6 +16,7 @@ from functools import cached_property
 import numpy as np
 
 from tskd_lite import expand
+from tskd_lite.contrast import key_spans
 from tskd_lite.dedup import normalise
 from tskd_lite.recipe import Expand
 
@@ -38,6 +39,7 @@ class Round:
     seed: int
     number: int
     pool: list[dict]
+    answers: list[str]  # the teacher's answers to the pool's prompts
     earlier: set[str]
     render: Callable[[str], str]
     user_prefix: Callable[[], str]
@@ -102,10 +104,14 @@ class Entities:
     def __init__(self, r: Round) -> None:
         self.r = r
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.r.cfg.entities
+
     @cached_property
     def candidates(self) -> list[tuple[str, int, str]]:
         out: dict[str, tuple[str, int, str]] = {}
-        names = self.r.cfg.entities
+        names = self.names
         for prompt in self.r.pool:
             for name in names:
                 pattern = re.compile(rf"(?<!\w){re.escape(name)}(?!\w)")
@@ -128,7 +134,30 @@ class Entities:
         return Ask(prompt=text, sources=(source,), inputs={"entity": entity})
 
 
-STRATEGIES = {"fewshot": Fewshot, "continue": Continue, "sample": Sample, "entities": Entities}
+class Follow(Entities):
+    """Entities without a list, or beyond it: the names are found in the pool's prompts and in the teacher's
+    answers to them (runs of capitalised words; tskd_lite/contrast.py's reading of a name), so each round asks
+    the pool's questions about the people, places and things the last round's answers named. From the seeds
+    alone it reaches every entity the seeds name, and, where facts name other entities, the entities those name,
+    round by round. Names that are not the kind a form asks about ("Where does <a town> live?") make nonsense
+    prompts: pair it with a keep rule that rejects guessing (select.rule = "contrast")."""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        found = [n for text in (*(p["text"] for p in self.r.pool), *self.r.answers) for n in _names(text)]
+        return tuple(dict.fromkeys([*self.r.cfg.entities, *found]))
+
+
+def _names(text: str) -> list[str]:
+    """Names in a prompt or an answer. An answer often starts with the name it is about, so a run of capitalised
+    words at the start counts too, but not a lone first word: that is mostly a sentence's capital ("The", "Where")."""
+    names = [k for k in key_spans("x " + text) if not k.isdigit()]
+    if names and text.startswith(names[0]) and " " not in names[0]:
+        names = names[1:]
+    return names
+
+
+STRATEGIES = {"fewshot": Fewshot, "continue": Continue, "sample": Sample, "entities": Entities, "follow": Follow}
 
 
 def _ids(rows: list[dict]) -> tuple[int, ...]:
