@@ -462,3 +462,21 @@ def test_n_ctx_may_be_raised_to_resume_a_run(tiny, tmp_path):
 
     _, resumed = _run(tiny, tmp_path, mutate=more)
     assert resumed.run_id == first.run_id
+
+
+def test_a_model_file_replaced_in_place_is_refused_on_resume(tiny, tmp_path):
+    import shutil
+
+    teacher = tmp_path / "teacher.gguf"
+    shutil.copy(tiny["teacher"], teacher)
+
+    def own_teacher(raw):
+        raw["teacher"]["model"] = teacher
+        raw["expand"]["rounds"] = 1
+
+    _run(tiny, tmp_path, mutate=own_teacher)
+    shutil.copy(tiny["base"], teacher)  # another model under the same path
+    with pytest.raises(TskdError, match=r"teacher.model: .*teacher.gguf is not the file run 1 was made with"):
+        _run(tiny, tmp_path, mutate=own_teacher)
+    _, fresh = _run(tiny, tmp_path, mutate=own_teacher, force_new=True)
+    assert fresh.run_id == 2

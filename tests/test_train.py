@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -357,3 +358,19 @@ def test_early_stopping_keeps_the_best_epoch(tiny, target_gguf, tmp_path):
         loss, n = answer_loss(model, val, pad, torch.device("cpu"))
     assert loss.item() == pytest.approx(best["val_loss"], abs=1e-4)
     assert abs(loss.item() - epochs[-1]["val_loss"]) > 1e-3
+
+
+def test_a_stale_target_cache_is_converted_again(tiny, tmp_path):
+    """The cache belongs to the file it was made from: a GGUF replaced in place is converted again."""
+    gguf = tmp_path / "target.gguf"
+    shutil.copy(tiny["other"], gguf)
+    target = Target(model=gguf, cache=tmp_path / "hf")
+    logged = []
+    hf_dir(target, log=logged.append)
+    first = (tmp_path / "hf" / "model.safetensors").read_bytes()
+    hf_dir(target, log=logged.append)
+    assert len(logged) == 1  # the second call reuses the cache
+    shutil.copy(tiny["teacher"], gguf)  # another model under the same name
+    hf_dir(target, log=logged.append)
+    assert "converting again" in logged[1]
+    assert (tmp_path / "hf" / "model.safetensors").read_bytes() != first

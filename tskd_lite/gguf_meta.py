@@ -141,3 +141,19 @@ def vocab_fingerprint(path: Path) -> str:
     for key in ("tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
         digest.update(repr(fields.get(key)).encode())
     return digest.hexdigest()[:16]
+
+
+def identity(path: Path) -> str:
+    """Size and content hash of a model file: what a resumed run checks, so that a file replaced in place is not
+    taken for the one the run began with. Files up to 64 MiB (adapters, small models) are hashed whole; larger
+    ones by their first and last 16 MiB, which hold the header and a slice of every layout's weights."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        if size <= 64 << 20:
+            digest.update(f.read())
+        else:
+            digest.update(f.read(16 << 20))
+            f.seek(size - (16 << 20))
+            digest.update(f.read())
+    return f"{size}:{digest.hexdigest()[:16]}"

@@ -215,7 +215,16 @@ def _start(store: Store, recipe: Recipe, force_new: bool, log: Log) -> int:
                 f"{store.path}: run {latest.id} was made with a different recipe ({', '.join(changed)} changed); "
                 "restore those keys to resume it, or pass --force-new to start a new run in this database"
             )
+        models = _model_identities(recipe)
+        recorded = store.run_models(latest.id) or {}
+        for key, value in recorded.items():
+            if key in models and models[key] != value:
+                raise TskdError(
+                    f"{recipe.path}: {key}: {flat[key]} is not the file run {latest.id} was made with (size or "
+                    "content changed); restore it, or pass --force-new to start a new run"
+                )
         store.resume_run(latest.id, str(recipe.path), flat)
+        store.update_run(latest.id, models=json.dumps(models, sort_keys=True))
         log(f"resuming run {latest.id} in {store.path}")
         return latest.id
     unit = (
@@ -226,9 +235,21 @@ def _start(store: Store, recipe: Recipe, force_new: bool, log: Log) -> int:
     if unit == "byte":
         log("teacher and base tokenizers differ: perplexities are compared per byte of answer text, not per token")
     run_id = store.new_run(str(recipe.path), recipe.text, flat, recipe_hash(recipe))
-    store.update_run(run_id, unit=unit)
+    store.update_run(run_id, unit=unit, models=json.dumps(_model_identities(recipe), sort_keys=True))
     log(f"new run {run_id} in {store.path}")
     return run_id
+
+
+def _model_identities(recipe: Recipe) -> dict[str, str]:
+    """gguf_meta.identity of every model file the pool depends on, keyed by its recipe key."""
+    out = {}
+    for role in ("teacher", "base", "generator"):
+        spec = getattr(recipe, role)
+        if spec is not None:
+            for key in ("model", "lora"):
+                if getattr(spec, key) is not None:
+                    out[f"{role}.{key}"] = gguf_meta.identity(getattr(spec, key))
+    return out
 
 
 def _rounds(store: Store, run_id: int, recipe: Recipe, models: _Models, progress: bool, log: Log) -> tuple[str, str]:

@@ -94,6 +94,8 @@ class Store:
                 pk="id",
                 if_not_exists=True,
             )
+            if "models" not in db["runs"].columns_dict:  # stores from before model identities were recorded
+                db["runs"].add_column("models", str)
             db["prompts"].create(
                 {
                     "id": int,
@@ -212,6 +214,11 @@ class Store:
             status="running",
             message=None,
         )
+
+    def run_models(self, run_id: int) -> dict | None:
+        """{recipe key: gguf_meta.identity} of the model files the run was made with (None: not recorded)."""
+        row = self.db.execute("select models from runs where id = ?", [run_id]).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
 
     def update_run(self, run_id: int, **values: Any) -> None:
         with self.transaction():

@@ -32,9 +32,23 @@ def hf_dir(target: Target, log=print) -> Path:
     """A Hugging Face folder for the target; a GGUF is dequantized once and cached as safetensors."""
     if target.model.is_dir():
         return target.model
+    from tskd_lite.gguf_meta import identity
+
     cache = target.cache or target.model.with_name(target.model.stem + ".hf")
+    source = {"gguf": str(target.model), "identity": identity(target.model)}
     if (cache / "config.json").is_file():
-        return cache
+        try:
+            made_from = json.loads((cache / "tskd_source.json").read_text())
+        except (OSError, ValueError):
+            made_from = {}
+        if made_from.get("identity") == source["identity"]:
+            return cache
+        # a conversion of another file (or of this path before it was replaced, or of unknown origin)
+        log(f"{cache} is not a conversion of {target.model} as it is now; converting again")
+        stale = cache.with_name(cache.name + ".stale")
+        shutil.rmtree(stale, ignore_errors=True)
+        cache.rename(stale)
+        shutil.rmtree(stale)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -49,7 +63,7 @@ def hf_dir(target: Target, log=print) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / "tskd_source.json").write_text(json.dumps({"gguf": str(target.model)}))
+    (tmp / "tskd_source.json").write_text(json.dumps(source))
     tmp.rename(cache)  # the cache appears whole or not at all
     return cache
 
