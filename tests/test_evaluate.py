@@ -82,6 +82,36 @@ def test_full_run_reports_four_rows(tiny, tmp_path):
     missing = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert missing.exit_code == 1 and "not a run folder" in missing.output
 
+    # run again: training and evaluation are done for this dataset, settings and models, so neither is redone
+    adapter = (run_dir / "train" / "adapter.gguf").stat().st_mtime_ns
+    evaluation = (run_dir / "eval.json").read_text()
+    logged = []
+    pipeline.run_all(recipe, progress=False, log=logged.append)
+    assert any("training already done" in line for line in logged)
+    assert any("evaluation already done" in line for line in logged)
+    assert (run_dir / "train" / "adapter.gguf").stat().st_mtime_ns == adapter
+    assert (run_dir / "eval.json").read_text() == evaluation
+    # without training's done-marker, the training counts as unfinished and is redone (to the same fingerprint,
+    # so the evaluation of it stands)
+    (run_dir / "train" / "train.json").unlink()
+    logged.clear()
+    pipeline.run_all(recipe, progress=False, log=logged.append)
+    assert not any("training already done" in line for line in logged)
+    assert (run_dir / "train" / "adapter.gguf").stat().st_mtime_ns != adapter
+    assert json.loads((run_dir / "eval.json").read_text())["rows"][3]["name"] == "target after"
+
+    # one writer at a time in a run folder: train, eval and report refuse while another holds it
+    from tskd_lite.store import folder_lock
+
+    with folder_lock(run_dir):
+        for command in (
+            ["train", str(tmp_path / "r.toml")],
+            ["eval", str(tmp_path / "r.toml")],
+            ["report", str(run_dir)],
+        ):
+            locked = CliRunner().invoke(main, command)
+            assert locked.exit_code == 1 and "locked: another tskd-lite command" in locked.output, command
+
 
 def test_chance_borrows_the_nearest_questions_answer():
     items = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -150,6 +151,23 @@ def test_killed_training_resumes_from_its_checkpoint(tiny, target_gguf, tmp_path
     assert "resuming training from the checkpoint at step" in resumed.stdout
     result = json.loads((killed.output.run_dir / "train" / "train.json").read_text())
     ref_losses = [p["loss"] for p in reference.curve]
+    np.testing.assert_allclose([p["loss"] for p in result["curve"]], ref_losses, rtol=1e-4)
+
+    # Ctrl-C: the step in progress finishes and is saved, the message says so, and the resume loses no step
+    shutil.rmtree(killed.output.run_dir / "train")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and not state.is_file():
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate()[0]
+    assert proc.returncode == 130, output
+    saved = re.search(r"training saved at step (\d+)", output)
+    assert saved and "Interrupted:" in output and "Traceback" not in output, output
+    assert json.loads(state.read_text())["step"] == int(saved.group(1))
+    resumed = subprocess.run(cmd, capture_output=True, text=True)
+    assert f"resuming training from the checkpoint at step {saved.group(1)}" in resumed.stdout
+    result = json.loads((killed.output.run_dir / "train" / "train.json").read_text())
     np.testing.assert_allclose([p["loss"] for p in result["curve"]], ref_losses, rtol=1e-4)
 
 
@@ -374,3 +392,18 @@ def test_a_stale_target_cache_is_converted_again(tiny, tmp_path):
     hf_dir(target, log=logged.append)
     assert "converting again" in logged[1]
     assert (tmp_path / "hf" / "model.safetensors").read_bytes() != first
+
+
+def test_a_kill_between_the_checkpoint_swaps_renames_keeps_the_checkpoint(tmp_path):
+    from tskd_lite.train import _recover_checkpoint
+
+    ckpt = tmp_path / "checkpoint"
+    for name, step in (("checkpoint.old", 50), ("checkpoint.tmp", 100)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "state.json").write_text(json.dumps({"step": step}))
+    _recover_checkpoint(ckpt)  # killed after checkpoint/ became .old and before .tmp became checkpoint/
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 100
+    shutil.rmtree(ckpt)
+    (tmp_path / "checkpoint.tmp").mkdir()  # killed while writing the new one: it has no state.json yet
+    _recover_checkpoint(ckpt)
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 50

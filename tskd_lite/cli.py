@@ -23,7 +23,9 @@ def _one_line_errors(fn):
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo(
-                "Interrupted: everything finished so far is saved; run the same command again to resume.", err=True
+                "Interrupted: every finished item of the pool is in the store and training is saved at its last "
+                "step; an unfinished evaluation starts over. Run the same command again to resume.",
+                err=True,
             )
             sys.exit(130)
 

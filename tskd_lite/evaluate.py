@@ -8,6 +8,7 @@ unit that compares across tokenizers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import unicodedata
@@ -173,6 +174,18 @@ def evaluate(recipe, *, train_dir: Path | None, progress: bool = True, log=print
     cfg = recipe.eval
     items = read_eval_file(cfg.file, f"{recipe.path}: eval.file")
     items = items[: cfg.limit] if cfg.limit else items
+    merged = train_dir / "merged" if train_dir is not None else None
+    # train.json is training's done-marker: merged outputs without it are a training that did not finish
+    trained = merged is not None and (merged / "config.json").is_file() and (train_dir / "train.json").is_file()
+    fingerprint = _eval_fingerprint(recipe, items, train_dir if trained else None)
+    out = recipe.output.run_dir / "eval.json"
+    try:
+        done = json.loads(out.read_text())
+    except (OSError, ValueError):
+        done = {}
+    if done.get("fingerprint") == fingerprint:
+        log(f"evaluation already done for these models and items: {out} (delete it to evaluate again)")
+        return done
     log(f"evaluating on {len(items)} held-out items from {cfg.file.name}")
     rows = []
     teacher = Engine(recipe.teacher, role="teacher", threads=recipe.threads, parallel=recipe.parallel)
@@ -190,11 +203,30 @@ def evaluate(recipe, *, train_dir: Path | None, progress: bool = True, log=print
             "target before", hf_dir(recipe.target, log), formatter_for, items, cfg.max_answer_tokens, progress
         )
     )
-    merged = train_dir / "merged" if train_dir is not None else None
-    if merged is not None and (merged / "config.json").is_file():
+    if trained:
         rows.append(eval_transformers("target after", merged, formatter_for, items, cfg.max_answer_tokens, progress))
     rows.append(chance_row(items))
-    result = {"items": [it.__dict__ for it in items], "rows": rows}
+    result = {"items": [it.__dict__ for it in items], "rows": rows, "fingerprint": fingerprint}
     recipe.output.run_dir.mkdir(parents=True, exist_ok=True)
-    (recipe.output.run_dir / "eval.json").write_text(json.dumps(result, indent=2, default=list))
+    tmp = out.with_name(out.name + ".part")
+    tmp.write_text(json.dumps(result, indent=2, default=list))
+    tmp.replace(out)  # whole or absent
     return result
+
+
+def _eval_fingerprint(recipe, items: list[EvalItem], train_dir: Path | None) -> str:
+    """What an evaluation's rows depend on: the items, the settings, the models by content and the training."""
+    from tskd_lite.gguf_meta import identity
+
+    files = [recipe.teacher.model, recipe.base.model, recipe.target.model]
+    files += [recipe.teacher.lora] if recipe.teacher.lora else []
+    if recipe.target.model.is_dir():
+        files += sorted(recipe.target.model.glob("*.safetensors"))
+    parts = {
+        "items": [it.__dict__ for it in items],
+        "max_answer_tokens": recipe.eval.max_answer_tokens,
+        "templates": [recipe.teacher.chat_template, recipe.base.chat_template, recipe.target.chat_template],
+        "models": [identity(f) for f in files if f.is_file()],
+        "training": json.loads((train_dir / "train.json").read_text()).get("fingerprint") if train_dir else None,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=list).encode()).hexdigest()[:16]

@@ -25,7 +25,7 @@ from tskd_lite.recipe import Recipe, changed_keys, flatten, recipe_hash
 from tskd_lite.report import write_report, write_run_info
 from tskd_lite.score import score_pairs
 from tskd_lite.select import RULES, decide
-from tskd_lite.store import Store
+from tskd_lite.store import Store, folder_lock
 from tskd_lite.strategies import STRATEGIES, Round
 
 Log = Callable[[str], None]
@@ -123,7 +123,8 @@ def train_target(recipe: Recipe, *, progress: bool = True, log: Log = print):
     if recipe.target is None:
         raise TskdError(f"{recipe.path}: target: a [target] table is needed to train")
     pairs = read_pairs(path) if recipe.train.token_top_fraction == 1.0 else token_selected_pairs(recipe, log)
-    result = train(recipe.target, recipe.train, recipe.output.run_dir / "train", pairs, progress=progress, log=log)
+    with folder_lock(recipe.output.run_dir):
+        result = train(recipe.target, recipe.train, recipe.output.run_dir / "train", pairs, progress=progress, log=log)
     log(
         f"trained the target: {result.mode}, {result.steps} steps, {result.tokens_per_s:.0f} answer tokens/s; "
         f"adapter in {result.out_dir}"
@@ -166,7 +167,8 @@ def token_selected_pairs(recipe: Recipe, log: Log) -> list:
 def evaluate_run(recipe: Recipe, *, progress: bool = True, log: Log = print) -> dict:
     from tskd_lite.evaluate import evaluate
 
-    result = evaluate(recipe, train_dir=recipe.output.run_dir / "train", progress=progress, log=log)
+    with folder_lock(recipe.output.run_dir):
+        result = evaluate(recipe, train_dir=recipe.output.run_dir / "train", progress=progress, log=log)
     for row in result["rows"]:
         nll = "-" if row["nll_per_byte"] is None else f"{row['nll_per_byte']:.4f}"
         log(

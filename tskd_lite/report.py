@@ -10,7 +10,7 @@ import numpy as np
 
 from tskd_lite.errors import TskdError
 from tskd_lite.evaluate import recovered
-from tskd_lite.store import Store
+from tskd_lite.store import Store, folder_lock
 
 
 def summary(store: Store, run_id: int) -> dict:
@@ -136,7 +136,11 @@ def write_report(run_dir: Path) -> Path:
     info_path = run_dir / "run.json"
     if not info_path.is_file():
         raise TskdError(f"{run_dir}: not a run folder (no run.json; `tskd-lite run` writes it)")
-    info = json.loads(info_path.read_text())
+    with folder_lock(run_dir):
+        return _write_report(run_dir, json.loads(info_path.read_text()))
+
+
+def _write_report(run_dir: Path, info: dict) -> Path:
     store = Store.read(Path(info["db"]))
     try:
         dataset = summary(store, info["run_id"])

@@ -374,11 +374,22 @@ def _run_info(row: dict) -> RunInfo:
     return RunInfo(row["id"], row["status"], json.loads(row["recipe_json"]), row["message"], row["unit"])
 
 
-def _take_lock(db_path: Path):
+def _take_lock(db_path: Path, what: str = "another tskd-lite run is writing to this database"):
     lock = open(db_path.with_name(db_path.name + ".lock"), "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.close()
-        raise TskdError(f"{db_path}: locked: another tskd-lite run is writing to this database") from None
+        raise TskdError(f"{db_path}: locked: {what}") from None
     return lock
+
+
+@contextmanager
+def folder_lock(run_dir: Path) -> Iterator[None]:
+    """The run folder to one writer at a time: training, evaluation and the report share its files."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = _take_lock(run_dir / "outputs", "another tskd-lite command is training, evaluating or reporting here")
+    try:
+        yield
+    finally:
+        lock.close()

@@ -11,7 +11,10 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,8 +150,13 @@ def answer_loss(model, examples: list[Example], pad_id: int, device) -> tuple:
     return F.cross_entropy(logits.float(), target[wanted]), int(wanted.sum())
 
 
-def _fingerprint(cfg: Train, examples: list[Example], target_dir: Path, mode: str) -> str:
-    digest = hashlib.sha256(json.dumps([dataclasses.asdict(cfg), str(target_dir), mode], default=str).encode())
+def _fingerprint(cfg: Train, examples: list[Example], target: Target, target_dir: Path, mode: str) -> str:
+    """What a checkpoint and a finished training belong to: settings, tokens, and the target by content."""
+    from tskd_lite.gguf_meta import identity
+
+    files = [target.model] if target.model.is_file() else sorted(target.model.glob("*.safetensors"))
+    models = [identity(f) for f in files]
+    digest = hashlib.sha256(json.dumps([dataclasses.asdict(cfg), str(target_dir), mode, models], default=str).encode())
     for e in examples:
         digest.update(np.asarray(e.ids + [-1] + e.labels, dtype=np.int64).tobytes())
     return digest.hexdigest()[:16]
@@ -203,6 +211,11 @@ def train(target: Target, cfg: Train, out: Path, pairs: list[Pair], *, progress:
         raise TskdError(f"train: need at least 2 usable pairs, the dataset has {len(examples)}")
     train_set, val_set = split(examples, cfg.val_fraction, cfg.seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    fingerprint = _fingerprint(cfg, examples, target, target_dir, mode)
+    done = _finished(out, fingerprint, gguf=not target.model.is_dir())
+    if done is not None:
+        log(f"training already done for this dataset and these settings: {out} (delete train.json to retrain)")
+        return done
 
     torch.manual_seed(cfg.seed)
     load_kwargs: dict = {"dtype": torch.bfloat16 if bf16 else torch.float32}
@@ -250,11 +263,11 @@ def train(target: Target, cfg: Train, out: Path, pairs: list[Pair], *, progress:
 
     if cfg.patience and not val_set:
         raise TskdError("train.patience: early stopping needs a held-out split (train.val_fraction > 0)")
-    fingerprint = _fingerprint(cfg, examples, target_dir, mode)
     ckpt = out / "checkpoint"
     # best: the lowest held-out loss so far, its step, and the epochs since it improved (early stopping)
     state = {"step": 0, "curve": [], "answer_tokens": 0, "seconds": 0.0, "best": None, "stale_epochs": 0}
     best_weights = None
+    _recover_checkpoint(ckpt)
     if (ckpt / "state.json").is_file():
         saved = json.loads((ckpt / "state.json").read_text())
         if saved["fingerprint"] == fingerprint:
@@ -294,69 +307,91 @@ def train(target: Target, cfg: Train, out: Path, pairs: list[Pair], *, progress:
     bar = tqdm(
         total=total_steps, initial=state["step"], desc="train", unit="step", disable=not progress, dynamic_ncols=True
     )
-    while state["step"] < total_steps:
-        step = state["step"]
-        started = time.perf_counter()
-        step_loss, step_tokens = 0.0, 0
-        for micro in range(cfg.grad_accum):
-            with autocast:
-                loss, n = answer_loss(model, micro_batch(step * cfg.grad_accum + micro), pad_id, device)
-            (loss / cfg.grad_accum).backward()
-            step_loss, step_tokens = step_loss + loss.item() / cfg.grad_accum, step_tokens + n
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        state["seconds"] += time.perf_counter() - started
-        state["answer_tokens"] += step_tokens
-        state["step"] = step + 1
-        point = {"step": state["step"], "loss": step_loss, "lr": scheduler.get_last_lr()[0]}
-        end_of_epoch = (state["step"] * cfg.grad_accum) // per_epoch > (step * cfg.grad_accum) // per_epoch
-        stop = False
-        if end_of_epoch or state["step"] == total_steps:
-            point["val_loss"] = validate()
-            point["epoch"] = state["step"] * cfg.grad_accum / per_epoch
-            if cfg.patience and point["val_loss"] is not None:
-                if state["best"] is None or point["val_loss"] < state["best"]["val_loss"]:
-                    state["best"] = {"val_loss": point["val_loss"], "step": state["step"]}
-                    state["stale_epochs"] = 0
-                    best_weights = _lora_weights(model)
-                else:
-                    state["stale_epochs"] += 1
-                    stop = state["stale_epochs"] >= cfg.patience
-        state["curve"].append(point)
-        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{state['answer_tokens'] / state['seconds']:.0f}")
-        bar.update()
-        if stop:
-            log(
-                f"early stopping at step {state['step']}: the held-out loss has not improved for {cfg.patience} "
-                f"epochs; keeping step {state['best']['step']} (held-out loss {state['best']['val_loss']:.4f})"
-            )
-            break
-        if state["step"] % cfg.checkpoint_every == 0 and state["step"] < total_steps:
-            _checkpoint(model, optimizer, scheduler, {**state, "fingerprint": fingerprint}, ckpt, best_weights)
+    interrupted = _defer_ctrl_c()
+    try:
+        while state["step"] < total_steps:
+            step = state["step"]
+            started = time.perf_counter()
+            step_loss, step_tokens = 0.0, 0
+            for micro in range(cfg.grad_accum):
+                with autocast:
+                    loss, n = answer_loss(model, micro_batch(step * cfg.grad_accum + micro), pad_id, device)
+                (loss / cfg.grad_accum).backward()
+                step_loss, step_tokens = step_loss + loss.item() / cfg.grad_accum, step_tokens + n
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["seconds"] += time.perf_counter() - started
+            state["answer_tokens"] += step_tokens
+            state["step"] = step + 1
+            point = {"step": state["step"], "loss": step_loss, "lr": scheduler.get_last_lr()[0]}
+            end_of_epoch = (state["step"] * cfg.grad_accum) // per_epoch > (step * cfg.grad_accum) // per_epoch
+            stop = False
+            if end_of_epoch or state["step"] == total_steps:
+                point["val_loss"] = validate()
+                point["epoch"] = state["step"] * cfg.grad_accum / per_epoch
+                if cfg.patience and point["val_loss"] is not None:
+                    if state["best"] is None or point["val_loss"] < state["best"]["val_loss"]:
+                        state["best"] = {"val_loss": point["val_loss"], "step": state["step"]}
+                        state["stale_epochs"] = 0
+                        best_weights = _lora_weights(model)
+                    else:
+                        state["stale_epochs"] += 1
+                        stop = state["stale_epochs"] >= cfg.patience
+            state["curve"].append(point)
+            bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{state['answer_tokens'] / state['seconds']:.0f}")
+            bar.update()
+            if stop:
+                log(
+                    f"early stopping at step {state['step']}: the held-out loss has not improved for {cfg.patience} "
+                    f"epochs; keeping step {state['best']['step']} (held-out loss {state['best']['val_loss']:.4f})"
+                )
+                break
+            if state["step"] % cfg.checkpoint_every == 0 and state["step"] < total_steps:
+                _checkpoint(model, optimizer, scheduler, {**state, "fingerprint": fingerprint}, ckpt, best_weights)
+            if interrupted():  # Ctrl-C: the step is finished; save it, so that the resume loses nothing
+                bar.close()
+                _checkpoint(model, optimizer, scheduler, {**state, "fingerprint": fingerprint}, ckpt, best_weights)
+                log(f"interrupted: training saved at step {state['step']} of {total_steps} in {ckpt}")
+                raise KeyboardInterrupt
+    finally:
+        interrupted.restore()
     bar.close()
+    if state["step"] % cfg.checkpoint_every:  # a kill while the outputs are written loses no step
+        _checkpoint(model, optimizer, scheduler, {**state, "fingerprint": fingerprint}, ckpt, best_weights)
     if best_weights is not None and state["best"]["step"] != state["step"]:
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, best_weights)
 
-    adapter_dir = out / "adapter"
-    model.save_pretrained(adapter_dir)
-    merged = _merge(target_dir, adapter_dir, out / "merged", tokenizer)
+    # Outputs are written beside the old ones as .part and renamed into place after train.json, the done-marker,
+    # is removed; the new train.json comes last. A kill at any moment leaves either the old outputs under their
+    # marker, or no marker (so the next run trains again, from the checkpoint), never a marker over mixed outputs.
+    (out / "train.json").unlink(missing_ok=True)
+    adapter_part = out / "adapter.part"
+    shutil.rmtree(adapter_part, ignore_errors=True)
+    model.save_pretrained(adapter_part)
+    merged_part = _merge(target_dir, adapter_part, out / "merged.part", tokenizer)
     gguf_adapter, gguf_check = None, None
     if not target.model.is_dir():
         from tskd_lite import lora_gguf
 
         gguf_adapter = out / "adapter.gguf"
-        lora_gguf.write(model, gguf_adapter, lora_gguf.gguf_arch(model.get_base_model().config, target.model))
-        gguf_check = check_gguf_adapter(target.model, gguf_adapter, target_dir, merged, fmt, [p[:2] for p in pairs[:3]])
+        gguf_part = out / "adapter.gguf.part"
+        lora_gguf.write(model, gguf_part, lora_gguf.gguf_arch(model.get_base_model().config, target.model))
+        gguf_check = check_gguf_adapter(
+            target.model, gguf_part, target_dir, merged_part, fmt, [p[:2] for p in pairs[:3]]
+        )
+        gguf_part.replace(gguf_adapter)
         log(
             f"GGUF LoRA in llama.cpp vs merged model in transformers: mean |Δ log p| {gguf_check['mean_abs_diff']:.4f}"
             f" (max {gguf_check['max_abs_diff']:.4f}) over {gguf_check['tokens']} tokens; without the adapter "
             f"{gguf_check['base_mean_abs_diff']:.4f} (max {gguf_check['base_max_abs_diff']:.4f})"
         )
-    shutil.rmtree(ckpt, ignore_errors=True)
+    for part, final in ((adapter_part, out / "adapter"), (merged_part, out / "merged")):
+        shutil.rmtree(final, ignore_errors=True)
+        part.rename(final)
     result = TrainResult(
         out_dir=out,
         mode=mode,
@@ -373,8 +408,36 @@ def train(target: Target, cfg: Train, out: Path, pairs: list[Pair], *, progress:
         gguf_adapter=gguf_adapter,
         gguf_check=gguf_check,
     )
-    (out / "train.json").write_text(json.dumps(result.to_json(), indent=2))
+    _write_durably(out / "train.json", json.dumps(result.to_json() | {"fingerprint": fingerprint}, indent=2))
+    shutil.rmtree(ckpt, ignore_errors=True)
     return result
+
+
+def _finished(out: Path, fingerprint: str, gguf: bool) -> TrainResult | None:
+    """The recorded result when out holds a finished training of the same fingerprint, whole."""
+    try:
+        info = json.loads((out / "train.json").read_text())
+    except (OSError, ValueError):
+        return None
+    outputs = [out / "adapter" / "adapter_config.json", out / "merged" / "config.json"]
+    if gguf:
+        outputs.append(out / "adapter.gguf")
+    if info.get("fingerprint") != fingerprint or not all(p.is_file() for p in outputs):
+        return None
+    info.pop("fingerprint")
+    info["out_dir"] = Path(info["out_dir"])
+    info["gguf_adapter"] = Path(info["gguf_adapter"]) if info.get("gguf_adapter") else None
+    return TrainResult(**info)
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """Write text to path through a temporary file, flushed to disk before it replaces path."""
+    tmp = path.with_name(path.name + ".part")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
 
 
 def _lora_weights(model) -> dict:
@@ -397,14 +460,54 @@ def _checkpoint(model, optimizer, scheduler, state: dict, ckpt: Path, best_weigh
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(torch.get_rng_state(), tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps(state))
-    # Swap in the new checkpoint so that a kill at any moment leaves one complete checkpoint on disk.
+    _write_durably(tmp / "state.json", json.dumps(state))  # last: a checkpoint folder with it is complete
+    # Swap in the new checkpoint so that a kill at any moment leaves one complete checkpoint on disk
+    # (_recover_checkpoint finds it if the kill fell between the two renames).
     old = ckpt.with_name("checkpoint.old")
     shutil.rmtree(old, ignore_errors=True)
     if ckpt.exists():
         ckpt.rename(old)
     tmp.rename(ckpt)
     shutil.rmtree(old, ignore_errors=True)
+
+
+class _defer_ctrl_c:  # noqa: N801 (used like a function)
+    """While training, a first Ctrl-C sets a flag that the loop checks after each step (a step cut in half cannot be
+    checkpointed); a second one interrupts at once. Calling the object says whether Ctrl-C was pressed; outside the
+    main thread (no signals there) it never is."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def __call__(self) -> bool:
+        if self.pressed:
+            self.restore()
+        return self.pressed
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+
+def _recover_checkpoint(ckpt: Path) -> None:
+    """After a kill between _checkpoint's two renames there is no checkpoint/, but checkpoint.tmp/ (complete when
+    it holds state.json, the newer) or checkpoint.old/ (the one before): put the newest complete one back."""
+    if (ckpt / "state.json").is_file():
+        return
+    for candidate in (ckpt.with_name("checkpoint.tmp"), ckpt.with_name("checkpoint.old")):
+        if (candidate / "state.json").is_file():
+            shutil.rmtree(ckpt, ignore_errors=True)
+            candidate.rename(ckpt)
+            return
 
 
 def _merge(target_dir: Path, adapter_dir: Path, merged_dir: Path, tokenizer) -> Path:
