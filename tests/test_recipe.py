@@ -171,3 +171,12 @@ def test_the_tool_reads_back_its_own_export_and_bom_files(tiny, tmp_path):
     (tmp_path / "seeds.txt").write_bytes("\ufeffFirst seed?\r\nSecond seed?\r\n".encode())
     recipe = load_recipe(write_recipe(tmp_path / "bom.toml", raw))
     assert recipe.seeds.prompts == ("First seed?", "Second seed?")
+
+
+def test_a_key_added_since_a_run_was_made_counts_as_its_default():
+    from tskd_lite.recipe import changed_keys
+
+    recorded = {"expand.rounds": 3, "select.tau": 1.5}  # made before expand.strategy and select.min_contrast existed
+    current = {"expand.rounds": 3, "select.tau": 1.5, "expand.strategy": "fewshot", "select.min_contrast": 1.0}
+    assert changed_keys(recorded, current) == []
+    assert changed_keys(recorded, {**current, "expand.strategy": "entities"}) == ["expand.strategy"]

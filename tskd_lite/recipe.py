@@ -455,13 +455,35 @@ def _jsonable(value: Any) -> Any:
 
 
 def changed_keys(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Keys whose change would alter results already computed (RESUMABLE_KEYS excepted)."""
+    """Keys whose change would alter results already computed (RESUMABLE_KEYS excepted). A key that a run made
+    by an earlier version did not record counts as its default: a setting added later, left at its default,
+    changes nothing that run computed."""
+    defaults = _flat_defaults()
     keys = sorted(set(recorded) | set(current))
     return [
         k
         for k in keys
-        if recorded.get(k) != current.get(k) and not any(k == r or k.startswith(r) for r in RESUMABLE_KEYS)
+        if recorded.get(k, defaults.get(k)) != current.get(k)
+        and not any(k == r or k.startswith(r) for r in RESUMABLE_KEYS)
     ]
+
+
+def _flat_defaults() -> dict[str, Any]:
+    """Every recipe key that has a default, as flatten() writes it."""
+    out: dict[str, Any] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("internal"):
+                continue
+            if dataclasses.is_dataclass(hints[f.name]) and f.default is not dataclasses.MISSING:
+                walk(hints[f.name], f"{prefix}{f.name}.")
+            elif f.default is not dataclasses.MISSING:
+                out[prefix + f.name] = _jsonable(f.default)
+
+    walk(Recipe, "")
+    return out
 
 
 def recipe_hash(recipe: Recipe) -> str:
