@@ -52,9 +52,15 @@ dates: setup
     if [ ! -f "$wheel" ]; then {{bin}}/pip download -q --no-deps evals==3.0.1.post1 -d models/wheels; fi
     {{bin}}/python bench/evals_domain.py "$wheel" --task imperial_date_to_string --out data/dates
 
-# Does the knowledge move? Every arm x 3 seeds on both domains; writes bench/transfer-results.md (hours on a CPU)
+# Does the knowledge move? The default arms x 3 seeds on both domains: bench/transfer-results.md and -dates.md
 transfer-bench: models world dates
-    {{bin}}/python bench/transfer.py --domain world=data/world --domain dates=data/dates
+    {{bin}}/python bench/transfer.py --domain world=data/world
+    {{bin}}/python bench/transfer.py --domain dates=data/dates --results bench/transfer-results-dates \
+        --arms seeds_only no_selection full oracle full_contrast
+
+# Kill harness: 50 runs killed at random moments, resumed, compared with an uninterrupted run (bench/chaos.md)
+chaos: setup
+    {{bin}}/python bench/chaos.py --trials 50
 
 # The oracle's learning curve over pairs x steps on both domains: the training budget the arms get (--pairs, --steps)
 transfer-curve: models world dates

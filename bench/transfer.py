@@ -90,6 +90,19 @@ ARMS = (
     "entities_contrast",
     "follow_contrast",
 )
+# What `just transfer-bench` runs: the paper's configuration (full), its controls, the ceiling, and the strategies
+# and rules this toolkit adds; one_round, token_level and the paraphrase arms on request (--arms).
+DEFAULT_ARMS = (
+    "seeds_only",
+    "no_selection",
+    "full",
+    "oracle",
+    "entities",
+    "sample",
+    "full_contrast",
+    "entities_contrast",
+    "follow_contrast",
+)
 POOLS = (
     "full",
     "no_selection",
@@ -776,7 +789,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--domain", action="append", required=True, metavar="NAME=DIR")
     parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "transfer.toml")
     parser.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (--curve: 0)")
-    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(DEFAULT_ARMS))
     parser.add_argument("--pairs", type=int, default=144, help="training pairs per arm (from --curve)")
     parser.add_argument("--steps", type=int, default=72, help="training steps per arm (from --curve)")
     parser.add_argument("--rank", type=int, help="LoRA rank of the target (default: the recipe's)")

@@ -50,7 +50,7 @@ def test_quick_mode_runs_every_arm_and_resumes_from_its_cache(tiny, tmp_path):
     recipe = write_recipe(tmp_path / "transfer.toml", raw)
     args = ["--quick", "--quiet", "--recipe", str(recipe), "--work", str(tmp_path / "work")]
     domain_dir = _domain(tmp_path / "sums", tiny["base"])
-    args += ["--domain", f"sums={domain_dir}"]
+    args += ["--domain", f"sums={domain_dir}", "--arms", *transfer.ARMS]
     settings = {"eval_limit": 16, "quick": False, "teacher_epochs": 2, "teacher_patience": 1, "teacher_lr": 1e-3}
     loaded = transfer.Domain("sums", domain_dir, recipe, tmp_path / "work", settings, False).recipe
     assert loaded.generator.chat_template == RAW and loaded.expand.instruction == "{examples}\n-"
