@@ -8,7 +8,7 @@ import sqlite3
 import numpy as np
 import pytest
 from conftest import recipe_dict, write_recipe
-from test_pipeline import _kill_when, _resume_and_compare
+from test_pipeline import kill_resume_compare
 
 from tskd_lite import contrast, pipeline, recipe, select
 from tskd_lite.recipe import Select, load_recipe
@@ -104,25 +104,12 @@ def test_the_pipeline_measures_contrast_once_per_scored_pair(tiny, tmp_path):
 
 
 def test_a_killed_run_with_the_contrast_rule_resumes_to_the_same_pool(tiny, tmp_path):
-    def slower(raw):
-        _with_contrast(raw)
-        raw["respond"]["max_answer_tokens"] = 64
-
-    clean_raw = recipe_dict(tiny, tmp_path / "clean.db")
-    slower(clean_raw)
-    pipeline.run(load_recipe(write_recipe(tmp_path / "clean.toml", clean_raw)), progress=False, log=lambda _: None)
-    raw = recipe_dict(tiny, tmp_path / "killed.db")
-    slower(raw)
-    path = write_recipe(tmp_path / "killed.toml", raw)
-    db = tmp_path / "killed.db"
     points = [
         "select count(*) from contrasts c join prompts p on p.id = c.prompt_id where p.round = 1",
         "select count(*) from contrasts c join prompts p on p.id = c.prompt_id where p.round = 2",
     ]
-    kills = sum(_kill_when(path, db, sql, 1) for sql in points)
-    assert kills >= 1, "the runs finished before the kill points; the test did not interrupt anything"
-    _resume_and_compare(path, db, tmp_path / "clean.db")
-    con = sqlite3.connect(db)
+    kill_resume_compare(tiny, tmp_path, _with_contrast, points, at_least=1, min_kills=1)
+    con = sqlite3.connect(tmp_path / "killed.db")
     assert (
         con.execute("select count(*) from contrasts").fetchone()[0]
         == con.execute("select count(*) from scores").fetchone()[0]

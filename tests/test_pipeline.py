@@ -270,6 +270,25 @@ def _resume_and_compare(recipe_path: Path, db: Path, clean_db: Path) -> None:
     assert db.with_suffix(".jsonl").read_text() == clean_db.with_suffix(".jsonl").read_text()
 
 
+def kill_resume_compare(tiny, tmp_path, mutate, points: list[str], at_least: int, min_kills: int) -> None:
+    """An uninterrupted run of the recipe, then one SIGKILLed at each point (when the SQL counts at_least) and
+    resumed each time; the resumed run must equal the uninterrupted one, table by table and in its dataset."""
+
+    def slower(raw):  # longer outputs give the poller time to land between commits
+        mutate(raw)
+        raw["respond"]["max_answer_tokens"] = 64
+
+    clean_raw = recipe_dict(tiny, tmp_path / "clean.db")
+    slower(clean_raw)
+    pipeline.run(load_recipe(write_recipe(tmp_path / "clean.toml", clean_raw)), progress=False, log=lambda _: None)
+    raw = recipe_dict(tiny, tmp_path / "killed.db")
+    slower(raw)
+    path = write_recipe(tmp_path / "killed.toml", raw)
+    kills = sum(_kill_when(path, tmp_path / "killed.db", sql, at_least) for sql in points)
+    assert kills >= min_kills, "the runs finished before the kill points; the test did not interrupt anything"
+    _resume_and_compare(path, tmp_path / "killed.db", tmp_path / "clean.db")
+
+
 def test_killed_runs_resume_to_the_same_pool_and_dataset(tiny, tmp_path):
     def slower(raw):  # longer outputs give the poller time to land between commits
         raw["expand"]["max_prompt_tokens"] = 48
@@ -408,18 +427,10 @@ def test_paraphrases_of_kept_prompts_are_answered_scored_and_selected(tiny, tmp_
 
 
 def test_a_killed_run_with_paraphrases_resumes_to_the_same_pool(tiny, tmp_path):
-    def slower(raw):
+    def longer(raw):
         _with_paraphrases(raw)
         raw["expand"]["max_prompt_tokens"] = 48
-        raw["respond"]["max_answer_tokens"] = 64
 
-    clean_raw = recipe_dict(tiny, tmp_path / "clean.db")
-    slower(clean_raw)
-    pipeline.run(load_recipe(write_recipe(tmp_path / "clean.toml", clean_raw)), progress=False, log=lambda _: None)
-    raw = recipe_dict(tiny, tmp_path / "killed.db")
-    slower(raw)
-    path = write_recipe(tmp_path / "killed.toml", raw)
-    db = tmp_path / "killed.db"
     points = [
         "select count(*) from prompts where source = 'paraphrase' and round = 0",  # mid-paraphrasing
         "select count(*) from answers a join prompts p on p.id = a.prompt_id "
@@ -427,9 +438,7 @@ def test_a_killed_run_with_paraphrases_resumes_to_the_same_pool(tiny, tmp_path):
         "select count(*) from scores s join prompts p on p.id = s.prompt_id "
         "where p.source = 'paraphrase' and p.round = 2",  # mid-scoring them
     ]
-    kills = sum(_kill_when(path, db, sql, 3) for sql in points)
-    assert kills >= 2, "the runs finished before the kill points; the test did not interrupt anything"
-    _resume_and_compare(path, db, tmp_path / "clean.db")
+    kill_resume_compare(tiny, tmp_path, longer, points, at_least=3, min_kills=2)
 
 
 # -- context size ------------------------------------------------------------------------------------------------

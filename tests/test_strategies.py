@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 from conftest import recipe_dict, write_recipe
-from test_pipeline import _kill_when, _resume_and_compare
+from test_pipeline import kill_resume_compare
 
 from tskd_lite import pipeline, recipe, strategies
 from tskd_lite.dedup import normalise
@@ -134,23 +134,13 @@ def test_sample_prompts_are_the_teachers_own_user_turns(tiny, tmp_path):
 
 @pytest.mark.parametrize("strategy", ["entities", "sample", "continue", "follow"])
 def test_killed_runs_with_each_strategy_resume_to_the_same_pool(tiny, tmp_path, strategy):
-    def slower(raw):
+    def longer(raw):
         _with(strategy)(raw)
         raw["expand"]["max_prompt_tokens"] = 48
-        raw["respond"]["max_answer_tokens"] = 64
 
-    clean_raw = recipe_dict(tiny, tmp_path / "clean.db")
-    slower(clean_raw)
-    pipeline.run(load_recipe(write_recipe(tmp_path / "clean.toml", clean_raw)), progress=False, log=lambda _: None)
-    raw = recipe_dict(tiny, tmp_path / "killed.db")
-    slower(raw)
-    path = write_recipe(tmp_path / "killed.toml", raw)
-    db = tmp_path / "killed.db"
     points = [
         "select count(*) from prompts where round = 1",
         "select count(*) from answers a join prompts p on p.id = a.prompt_id where p.round = 1",
         "select count(*) from scores s join prompts p on p.id = s.prompt_id where p.round = 2",
     ]
-    kills = sum(_kill_when(path, db, sql, 2) for sql in points)
-    assert kills >= 2, "the runs finished before the kill points; the test did not interrupt anything"
-    _resume_and_compare(path, db, tmp_path / "clean.db")
+    kill_resume_compare(tiny, tmp_path, longer, points, at_least=2, min_kills=2)
