@@ -219,6 +219,8 @@ class Domain:
         layers = [domain, self.own, overrides]
         if self.s["quick"]:
             layers.insert(1, {"expand": {"rounds": self.s["rounds"], "candidates_per_round": self.s["candidates"]}})
+        elif self.s.get("candidates"):
+            layers.insert(1, {"expand": {"candidates_per_round": self.s["candidates"]}})
         combined: dict = {}
         for layer in layers:
             combined = merged(combined, layer)
@@ -229,6 +231,11 @@ class Domain:
     @property
     def teacher_key(self) -> str:
         return f"teacher-e{self.s['teacher_epochs']}-p{self.s['teacher_patience']}-lr{self.s['teacher_lr']:g}"
+
+    @property
+    def variant(self) -> str:
+        """Pools grown with another prompt budget (--candidates) are cached apart from the default ones."""
+        return f"-c{self.s['candidates']}" if self.s.get("candidates") else ""
 
     @property
     def root(self) -> Path:
@@ -305,7 +312,7 @@ class Domain:
 
     def pool(self, name: str, seed: int) -> Recipe:
         base = self.recipe
-        db = self.root / f"seed{seed}" / name / "pool.db"
+        db = self.root / f"seed{seed}" / (name + self.variant) / "pool.db"
         overrides = pool_overrides(name, base, self.s["paraphrases"], self.folder)
         output = {"db": str(db), "export": str(db.with_suffix(".jsonl"))}
         recipe = self.with_teacher({"seed": seed, "output": output, **overrides})
@@ -370,7 +377,7 @@ class Domain:
                 log(f"[{self.name} seed {seed}] {arm}: no pairs to train on; the target stays untouched")
                 untouched = {k: v for k, v in self.references()["target_before"].items() if k != "compute_s"}
                 return untouched | {"pairs": 0, "steps": 0, "train_s": 0.0, "answer_tokens": 0}
-            out = self.root / f"seed{seed}" / arm / f"train-{budget.key}"
+            out = self.root / f"seed{seed}" / (arm + self.variant) / f"train-{budget.key}"
             cfg = dataclasses.replace(
                 self.recipe.train,
                 max_steps=budget.steps,
@@ -400,7 +407,7 @@ class Domain:
             }
 
         key = f"{budget.key}-n{self.s['eval_limit']}"
-        return cached(self.root / f"seed{seed}" / arm / f"result-{key}.json", compute)
+        return cached(self.root / f"seed{seed}" / (arm + self.variant) / f"result-{key}.json", compute)
 
     def facts(self):
         return index_for(self.folder, self.items)
@@ -805,6 +812,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--curve-lrs", type=float, nargs="+", help="default: --lr")
     parser.add_argument("--aim", type=float, default=0.8, help="recovered fraction the chosen budget must reach")
     parser.add_argument("--paraphrases", type=int, default=2, help="rewrites per kept prompt in the _aug arms")
+    parser.add_argument(
+        "--candidates", type=int, help="prompts per round in every pool (default: the recipe's); cached apart"
+    )
     parser.add_argument("--work", type=Path, help="caches (default runs/transfer, with --quick runs/transfer-quick)")
     parser.add_argument(
         "--results",
@@ -827,6 +837,7 @@ def main(argv: list[str] | None = None) -> dict:
         "curve_steps": args.curve_steps,
         "aim": args.aim,
         "paraphrases": args.paraphrases,
+        "candidates": args.candidates,
     }
     if args.quick:
         settings |= QUICK | {"seeds": settings["seeds"][:1]}
