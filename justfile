@@ -56,7 +56,7 @@ dates: setup
 transfer-bench: models world dates
     {{bin}}/python bench/transfer.py --domain world=data/world
     {{bin}}/python bench/transfer.py --domain dates=data/dates --results bench/transfer-results-dates \
-        --arms seeds_only no_selection full oracle full_contrast
+        --arms seeds_only no_selection full oracle
 
 # Kill harness: 50 runs killed at random moments, resumed, compared with an uninterrupted run (bench/chaos.md)
 chaos: setup
