@@ -91,14 +91,14 @@ ARMS = (
     "follow_contrast",
 )
 # What `just transfer-bench` runs on the world: the paper's configuration (full), its controls, the ceiling, and the
-# strategies and rules this toolkit adds; sample, one_round, token_level and the paraphrase arms on request (--arms).
+# strategies and rules this toolkit adds; sample, full_contrast, one_round, token_level and the paraphrase arms on
+# request (--arms).
 DEFAULT_ARMS = (
     "seeds_only",
     "no_selection",
     "full",
     "oracle",
     "entities",
-    "full_contrast",
     "entities_contrast",
     "follow_contrast",
 )
