@@ -489,3 +489,34 @@ def test_a_model_file_replaced_in_place_is_refused_on_resume(tiny, tmp_path):
         _run(tiny, tmp_path, mutate=own_teacher)
     _, fresh = _run(tiny, tmp_path, mutate=own_teacher, force_new=True)
     assert fresh.run_id == 2
+
+
+# -- paths -----------------------------------------------------------------------------------------------------
+
+
+def test_a_recipe_cannot_take_over_another_database_or_file(tiny, tmp_path):
+    other = tmp_path / "run.db"
+    con = sqlite3.connect(other)
+    con.execute("create table customers (id integer, name text)")
+    con.commit()
+    con.close()
+    before = other.read_bytes()
+    with pytest.raises(TskdError, match=r"run.db: an existing SQLite database that is not a tskd-lite store"):
+        _run(tiny, tmp_path)
+    assert other.read_bytes() == before
+    other.unlink()
+
+    notes = tmp_path / "run.jsonl"  # the export path of the recipe _run writes
+    notes.write_text("someone's notes\n")
+    with pytest.raises(TskdError, match=r"output.export: .*run.jsonl exists and was not written by a run"):
+        _run(tiny, tmp_path)
+    assert notes.read_text() == "someone's notes\n"
+    notes.unlink()
+    recipe, first = _run(tiny, tmp_path)  # a new file: written and recorded; a rerun may write it again
+    _, again = _run(tiny, tmp_path)
+    assert again.run_id == first.run_id and notes.is_file()
+
+    out = CliRunner().invoke(main, ["check", str(recipe.path)])
+    assert out.exit_code == 0
+    for path in (tiny["teacher"], tiny["base"], recipe.output.db, recipe.output.export_path):
+        assert str(path) in out.output

@@ -57,6 +57,28 @@ def check(recipe: Path) -> None:
 
     r = load_recipe(recipe)
     click.echo(f"{recipe}: ok ({len(r.seeds.prompts)} seed prompts, {r.expand.rounds} rounds, database {r.output.db})")
+    for what, path in _paths(r):
+        click.echo(f"  {what:<7} {path}")
+
+
+def _paths(r) -> list[tuple[str, Path]]:
+    """Every file the recipe reads and every place a run writes, for `check` to show before anything runs."""
+    reads = [
+        getattr(getattr(r, role), key)
+        for role in ("teacher", "base", "generator")
+        if getattr(r, role) is not None
+        for key in ("model", "lora")
+        if getattr(getattr(r, role), key) is not None
+    ]
+    reads += [p for p in (r.seeds.file, r.expand.entities_file) if p is not None]
+    if r.target is not None:
+        reads.append(r.target.model)
+    if r.eval is not None:
+        reads.append(r.eval.file)
+    writes = [r.output.db, r.output.export_path, r.output.run_dir]
+    if r.target is not None and not r.target.model.is_dir():
+        writes.append(r.target.cache or r.target.model.with_name(r.target.model.stem + ".hf"))
+    return [("reads", p) for p in reads] + [("writes", p) for p in writes]
 
 
 @main.command()

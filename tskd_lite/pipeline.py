@@ -75,6 +75,12 @@ def run(recipe: Recipe, *, force_new: bool = False, progress: bool = True, log: 
     store = Store.open(recipe.output.db)
     models = _Models(recipe, log)
     try:
+        path = recipe.output.export_path
+        if not store.may_write_export(path):
+            raise TskdError(
+                f"{recipe.path}: output.export: {path} exists and was not written by a run of {store.path}; "
+                "remove it or choose another output.export"
+            )
         if force_new or store.latest_run() is None:
             _preflight(recipe, models)
         run_id = _start(store, recipe, force_new, log)
@@ -90,8 +96,8 @@ def run(recipe: Recipe, *, force_new: bool = False, progress: bool = True, log: 
         finally:
             store.add_elapsed(run_id, time.perf_counter() - started)
         store.update_run(run_id, status=status, message=message)
-        path = recipe.output.export_path
         kept = export(store, run_id, path, recipe.output.format, provenance=recipe.output.provenance)
+        store.record_export(path)
         write_run_info(recipe.output.run_dir, recipe.output.db, run_id)
         return RunResult(run_id, status, message, kept, recipe.output.db, path)
     finally:

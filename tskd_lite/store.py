@@ -46,6 +46,13 @@ class Store:
         try:
             self.db = sqlite_utils.Database(self.path)
             if write:
+                tables = set(self.db.table_names())
+                if tables and "runs" not in tables:  # a recipe must not add tables to someone else's database
+                    self.close()
+                    raise TskdError(
+                        f"{self.path}: an existing SQLite database that is not a tskd-lite store "
+                        f"(tables: {', '.join(sorted(tables)[:5])}); choose another output.db"
+                    )
                 self.db.enable_wal()
                 self._create()
             elif "runs" not in self.db.table_names():
@@ -214,6 +221,17 @@ class Store:
             status="running",
             message=None,
         )
+
+    def may_write_export(self, path: Path) -> bool:
+        """Whether the pipeline may write its dataset to path: a new file, one this store wrote before, or, in a
+        store made before exports were recorded, any file (its runs wrote it)."""
+        written = {r["value"] for r in self.db.query("select value from meta where key = 'export'")}
+        legacy = not written and self.db.execute("select count(*) from runs").fetchone()[0] > 0
+        return not path.exists() or str(path.resolve()) in written or legacy
+
+    def record_export(self, path: Path) -> None:
+        with self.transaction():
+            self.db["meta"].insert({"key": "export", "value": str(path.resolve())}, pk="key", replace=True)
 
     def run_models(self, run_id: int) -> dict | None:
         """{recipe key: gguf_meta.identity} of the model files the run was made with (None: not recorded)."""
