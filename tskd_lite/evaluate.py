@@ -12,33 +12,12 @@ import hashlib
 import json
 import re
 import unicodedata
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tskd_lite.errors import TskdError
-from tskd_lite.jsonl import read_jsonl
-
-
-@dataclass(frozen=True)
-class EvalItem:
-    prompt: str
-    answer: str
-    aliases: tuple[str, ...] = ()
-
-
-def read_eval_file(path: Path, where: str) -> list[EvalItem]:
-    items = []
-    for at, row in read_jsonl(path, where):
-        ok = isinstance(row, dict) and all(isinstance(row.get(k), str) and row[k].strip() for k in ("prompt", "answer"))
-        aliases = row.get("aliases", []) if isinstance(row, dict) else None
-        if not ok or not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
-            raise TskdError(f'{at}: expected {{"prompt": str, "answer": str, "aliases"?: [str]}}')
-        items.append(EvalItem(row["prompt"], row["answer"], tuple(aliases)))
-    if not items:
-        raise TskdError(f"{where}: {path} holds no items")
-    return items
+from tskd_lite.jsonl import EvalItem, read_eval_file  # noqa: F401 (evaluation's item type and reader)
 
 
 def normalise_answer(text: str) -> str:

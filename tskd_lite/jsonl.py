@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +33,23 @@ def read_jsonl(path: Path, where: str) -> Iterator[tuple[str, Any]]:
             yield at, json.loads(line)
         except json.JSONDecodeError as e:
             raise TskdError(f"{at}: not valid JSON: {e.msg}") from None
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    prompt: str
+    answer: str
+    aliases: tuple[str, ...] = ()
+
+
+def read_eval_file(path: Path, where: str) -> list[EvalItem]:
+    items = []
+    for at, row in read_jsonl(path, where):
+        ok = isinstance(row, dict) and all(isinstance(row.get(k), str) and row[k].strip() for k in ("prompt", "answer"))
+        aliases = row.get("aliases", []) if isinstance(row, dict) else None
+        if not ok or not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+            raise TskdError(f'{at}: expected {{"prompt": str, "answer": str, "aliases"?: [str]}}')
+        items.append(EvalItem(row["prompt"], row["answer"], tuple(aliases)))
+    if not items:
+        raise TskdError(f"{where}: {path} holds no items")
+    return items

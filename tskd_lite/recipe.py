@@ -20,7 +20,7 @@ from typing import Any
 from tskd_lite.chat import compile_template, render_user_turn
 from tskd_lite.errors import TskdError
 from tskd_lite.gguf_meta import check_gguf
-from tskd_lite.jsonl import read_jsonl, read_lines
+from tskd_lite.jsonl import read_eval_file, read_jsonl, read_lines
 
 # Few-shot and continued as raw text by default (paraphrase_template = "raw"): a 135M instruct model asked in its
 # chat template answers the question instead of rewriting it; continuing a list of rewrites, it rewrites.
@@ -288,8 +288,6 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     if recipe.target is not None:
         _check_target(recipe.target.model, f"{path}: target.model")
     if recipe.eval is not None:
-        from tskd_lite.evaluate import read_eval_file
-
         read_eval_file(recipe.eval.file, f"{path}: eval.file")
     # The base only scores text rendered with the teacher's template; the models that write need their own.
     writers = ["teacher", "generator"]
