@@ -1,3 +1,3 @@
-from tskd_lite.cli import main
+from tskd_lite.cli import entry
 
-main()
+entry()
