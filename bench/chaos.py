@@ -224,6 +224,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "chaos")
     args = parser.parse_args(argv)
+    # Started in the background from a script, this process and so every run it starts would ignore SIGINT (a
+    # shell without job control makes background commands ignore it): take the default back, so the SIGINT
+    # trials reach the runs the way a Ctrl-C does.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.perf_counter()
     rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory(prefix="tskd-chaos-") as tmp:
