@@ -29,7 +29,7 @@ def _round(pool_texts, entities, seed=0, earlier=(), answers=()):
         seed=seed,
         number=1,
         pool=pool,
-        answers=list(answers),
+        answers=lambda: list(answers),
         earlier={normalise(t) for t in (*pool_texts, *earlier)},
         render=lambda t: t,
         user_prefix=lambda: "",

@@ -66,13 +66,7 @@ def check(recipe: Path) -> None:
 
 def _paths(r) -> list[tuple[str, Path]]:
     """Every file the recipe reads and every place a run writes, for `check` to show before anything runs."""
-    reads = [
-        getattr(getattr(r, role), key)
-        for role in ("teacher", "base", "generator")
-        if getattr(r, role) is not None
-        for key in ("model", "lora")
-        if getattr(getattr(r, role), key) is not None
-    ]
+    reads = list(r.model_files().values())
     reads += [p for p in (r.seeds.file, r.expand.entities_file) if p is not None]
     if r.target is not None:
         reads.append(r.target.model)
@@ -80,7 +74,7 @@ def _paths(r) -> list[tuple[str, Path]]:
         reads.append(r.eval.file)
     writes = [r.output.db, r.output.export_path, r.output.run_dir]
     if r.target is not None and not r.target.model.is_dir():
-        writes.append(r.target.cache or r.target.model.with_name(r.target.model.stem + ".hf"))
+        writes.append(r.target.cache_dir)
     return [("reads", p) for p in reads] + [("writes", p) for p in writes]
 
 

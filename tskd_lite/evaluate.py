@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tskd_lite import atomic
 from tskd_lite.errors import TskdError
 from tskd_lite.jsonl import EvalItem, read_eval_file  # noqa: F401 (evaluation's item type and reader)
 
@@ -187,9 +188,7 @@ def evaluate(recipe, *, train_dir: Path | None, progress: bool = True, log=print
     rows.append(chance_row(items))
     result = {"items": [it.__dict__ for it in items], "rows": rows, "fingerprint": fingerprint}
     recipe.output.run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
-    tmp.write_text(json.dumps(result, indent=2, default=list))
-    tmp.replace(out)  # whole or absent
+    atomic.write_text(out, json.dumps(result, indent=2, default=list))
     return result
 
 
@@ -199,13 +198,11 @@ def _eval_fingerprint(recipe, items: list[EvalItem], train_dir: Path | None) -> 
 
     files = [recipe.teacher.model, recipe.base.model, recipe.target.model]
     files += [recipe.teacher.lora] if recipe.teacher.lora else []
-    if recipe.target.model.is_dir():
-        files += sorted(recipe.target.model.glob("*.safetensors"))
     parts = {
         "items": [it.__dict__ for it in items],
         "max_answer_tokens": recipe.eval.max_answer_tokens,
         "templates": [recipe.teacher.chat_template, recipe.base.chat_template, recipe.target.chat_template],
-        "models": [identity(f) for f in files if f.is_file()],
+        "models": [identity(f) for f in files],
         "training": json.loads((train_dir / "train.json").read_text()).get("fingerprint") if train_dir else None,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=list).encode()).hexdigest()[:16]

@@ -146,7 +146,10 @@ def vocab_fingerprint(path: Path) -> str:
 def identity(path: Path) -> str:
     """Size and content hash of a model file: what a resumed run checks, so that a file replaced in place is not
     taken for the one the run began with. Files up to 64 MiB (adapters, small models) are hashed whole; larger
-    ones by their first and last 16 MiB, which hold the header and a slice of every layout's weights."""
+    ones by their first and last 16 MiB, which hold the header and a slice of every layout's weights. A Hugging
+    Face folder is identified by its safetensors files."""
+    if path.is_dir():
+        return ",".join(identity(f) for f in sorted(path.glob("*.safetensors")))
     size = path.stat().st_size
     digest = hashlib.sha256()
     with path.open("rb") as f:

@@ -250,14 +250,7 @@ def _start(store: Store, recipe: Recipe, force_new: bool, log: Log) -> int:
 
 def _model_identities(recipe: Recipe) -> dict[str, str]:
     """gguf_meta.identity of every model file the pool depends on, keyed by its recipe key."""
-    out = {}
-    for role in ("teacher", "base", "generator"):
-        spec = getattr(recipe, role)
-        if spec is not None:
-            for key in ("model", "lora"):
-                if getattr(spec, key) is not None:
-                    out[f"{role}.{key}"] = gguf_meta.identity(getattr(spec, key))
-    return out
+    return {key: gguf_meta.identity(path) for key, path in recipe.model_files().items()}
 
 
 def _rounds(store: Store, run_id: int, recipe: Recipe, models: _Models, progress: bool, log: Log) -> tuple[str, str]:
@@ -374,7 +367,7 @@ def _strategy(store: Store, run_id: int, round_: int, recipe: Recipe, models: _M
             seed=recipe.seed,
             number=round_,
             pool=store.kept_prompts_before(run_id, round_),
-            answers=[r["answer"] for r in store.kept_pairs(run_id) if r["round"] < round_],
+            answers=lambda: [r["answer"] for r in store.kept_pairs(run_id) if r["round"] < round_],
             earlier={p["norm"] for p in store.prompts(run_id, where="round < ?", params=[round_])},
             render=lambda text: engine().render(text),
             user_prefix=lambda: engine().user_prefix(),

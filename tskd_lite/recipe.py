@@ -178,6 +178,11 @@ class Target:
     cache: Path | None = None
     chat_template: str | None = None
 
+    @property
+    def cache_dir(self) -> Path:
+        """Where a GGUF target's safetensors conversion lives."""
+        return self.cache or self.model.with_name(self.model.stem + ".hf")
+
 
 @dataclass(frozen=True)
 class Train:
@@ -236,6 +241,16 @@ class Recipe:
     @property
     def generator_spec(self) -> ModelSpec:
         return self.generator or self.teacher
+
+    def model_files(self) -> dict[str, Path]:
+        """Every GGUF the pool is made with (models and adapters), keyed by its recipe key."""
+        out = {}
+        for role in ("teacher", "base", "generator"):
+            spec = getattr(self, role)
+            for key in ("model", "lora"):
+                if spec is not None and getattr(spec, key) is not None:
+                    out[f"{role}.{key}"] = getattr(spec, key)
+        return out
 
 
 # Keys that may change between a run and its resume without changing the pool already computed: where the output

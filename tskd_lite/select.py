@@ -19,6 +19,7 @@ class Rule:
     fails: Callable[[dict, Select], str | None]
     rank: Callable[[dict], float]
     needs_contrast: bool = False  # the pipeline measures contrast (tskd_lite/contrast.py) before selecting
+    describe: Callable[[dict], str] = lambda row: f"PPL ratio {math.exp(row['gap']):.3g}"  # an eligible row's reason
 
 
 def _ratio_fails(row: dict, rule: Select) -> str | None:
@@ -55,7 +56,12 @@ def _token_fails(row: dict, rule: Select) -> str | None:
 RULES = {
     "ppl_ratio": Rule(_ratio_fails, lambda row: row["gap"]),
     "top_fraction": Rule(lambda row, rule: None, lambda row: row["gap"]),
-    "contrast": Rule(_contrast_fails, lambda row: row["contrast"], needs_contrast=True),
+    "contrast": Rule(
+        _contrast_fails,
+        lambda row: row["contrast"],
+        needs_contrast=True,
+        describe=lambda row: f"PPL ratio {math.exp(row['gap']):.3g}, contrast {row['contrast']:.3g}",
+    ),
     "token_gap": Rule(_token_fails, _token_lift),
 }
 
@@ -84,9 +90,7 @@ def decide(scored: list[dict], rule: Select) -> list[tuple[bool, str]]:
     ranked = sorted(eligible, key=lambda i: (-keep.rank(scored[i]), i))
     top = set(ranked[:n_top])
     for i in eligible:
-        why = f"PPL ratio {math.exp(scored[i]['gap']):.3g}"
-        if rule.rule == "contrast":
-            why += f", contrast {scored[i]['contrast']:.3g}"
+        why = keep.describe(scored[i])
         decisions[i] = (True, why) if i in top else (False, f"{why} outside the round's top_fraction")
     return decisions  # type: ignore[return-value]
 

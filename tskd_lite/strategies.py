@@ -39,7 +39,7 @@ class Round:
     seed: int
     number: int
     pool: list[dict]
-    answers: list[str]  # the teacher's answers to the pool's prompts
+    answers: Callable[[], list[str]]  # the teacher's answers to the pool's prompts (read when asked)
     earlier: set[str]
     render: Callable[[str], str]
     user_prefix: Callable[[], str]
@@ -144,7 +144,7 @@ class Follow(Entities):
 
     @property
     def names(self) -> tuple[str, ...]:
-        found = [n for text in (*(p["text"] for p in self.r.pool), *self.r.answers) for n in _names(text)]
+        found = [n for text in (*(p["text"] for p in self.r.pool), *self.r.answers()) for n in _names(text)]
         return tuple(dict.fromkeys([*self.r.cfg.entities, *found]))
 
 

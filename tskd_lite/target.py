@@ -34,7 +34,7 @@ def hf_dir(target: Target, log=print) -> Path:
         return target.model
     from tskd_lite.gguf_meta import identity
 
-    cache = target.cache or target.model.with_name(target.model.stem + ".hf")
+    cache = target.cache_dir
     source = {"gguf": str(target.model), "identity": identity(target.model)}
     if (cache / "config.json").is_file():
         try:

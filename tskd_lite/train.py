@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import shutil
 import signal
 import threading
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tskd_lite import atomic
 from tskd_lite.errors import TskdError
 from tskd_lite.jsonl import read_jsonl
 from tskd_lite.recipe import Target, Train
@@ -154,8 +154,7 @@ def _fingerprint(cfg: Train, examples: list[Example], target: Target, target_dir
     """What a checkpoint and a finished training belong to: settings, tokens, and the target by content."""
     from tskd_lite.gguf_meta import identity
 
-    files = [target.model] if target.model.is_file() else sorted(target.model.glob("*.safetensors"))
-    models = [identity(f) for f in files]
+    models = [identity(target.model)]
     digest = hashlib.sha256(json.dumps([dataclasses.asdict(cfg), str(target_dir), mode, models], default=str).encode())
     for e in examples:
         digest.update(np.asarray(e.ids + [-1] + e.labels, dtype=np.int64).tobytes())
@@ -307,6 +306,10 @@ def train(target: Target, cfg: Train, out: Path, pairs: list[Pair], *, progress:
     bar = tqdm(
         total=total_steps, initial=state["step"], desc="train", unit="step", disable=not progress, dynamic_ncols=True
     )
+
+    def save_checkpoint() -> None:
+        _checkpoint(model, optimizer, scheduler, {**state, "fingerprint": fingerprint}, ckpt, best_weights)
+
     interrupted = _defer_ctrl_c()
     try:
         while state["step"] < total_steps:
@@ -349,17 +352,17 @@ def train(target: Target, cfg: Train, out: Path, pairs: list[Pair], *, progress:
                 )
                 break
             if state["step"] % cfg.checkpoint_every == 0 and state["step"] < total_steps:
-                _checkpoint(model, optimizer, scheduler, {**state, "fingerprint": fingerprint}, ckpt, best_weights)
+                save_checkpoint()
             if interrupted():  # Ctrl-C: the step is finished; save it, so that the resume loses nothing
                 bar.close()
-                _checkpoint(model, optimizer, scheduler, {**state, "fingerprint": fingerprint}, ckpt, best_weights)
+                save_checkpoint()
                 log(f"interrupted: training saved at step {state['step']} of {total_steps} in {ckpt}")
                 raise KeyboardInterrupt
     finally:
         interrupted.restore()
     bar.close()
     if state["step"] % cfg.checkpoint_every:  # a kill while the outputs are written loses no step
-        _checkpoint(model, optimizer, scheduler, {**state, "fingerprint": fingerprint}, ckpt, best_weights)
+        save_checkpoint()
     if best_weights is not None and state["best"]["step"] != state["step"]:
         from peft import set_peft_model_state_dict
 
@@ -408,7 +411,7 @@ def train(target: Target, cfg: Train, out: Path, pairs: list[Pair], *, progress:
         gguf_adapter=gguf_adapter,
         gguf_check=gguf_check,
     )
-    _write_durably(out / "train.json", json.dumps(result.to_json() | {"fingerprint": fingerprint}, indent=2))
+    atomic.write_text(out / "train.json", json.dumps(result.to_json() | {"fingerprint": fingerprint}, indent=2))
     shutil.rmtree(ckpt, ignore_errors=True)
     return result
 
@@ -428,16 +431,6 @@ def _finished(out: Path, fingerprint: str, gguf: bool) -> TrainResult | None:
     info["out_dir"] = Path(info["out_dir"])
     info["gguf_adapter"] = Path(info["gguf_adapter"]) if info.get("gguf_adapter") else None
     return TrainResult(**info)
-
-
-def _write_durably(path: Path, text: str) -> None:
-    """Write text to path through a temporary file, flushed to disk before it replaces path."""
-    tmp = path.with_name(path.name + ".part")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 def _lora_weights(model) -> dict:
@@ -460,7 +453,7 @@ def _checkpoint(model, optimizer, scheduler, state: dict, ckpt: Path, best_weigh
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(torch.get_rng_state(), tmp / "rng.pt")
-    _write_durably(tmp / "state.json", json.dumps(state))  # last: a checkpoint folder with it is complete
+    atomic.write_text(tmp / "state.json", json.dumps(state))  # last: a checkpoint folder with it is complete
     # Swap in the new checkpoint so that a kill at any moment leaves one complete checkpoint on disk
     # (_recover_checkpoint finds it if the kill fell between the two renames).
     old = ckpt.with_name("checkpoint.old")
