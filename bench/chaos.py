@@ -100,6 +100,7 @@ file = "{models / "eval.jsonl"}"
 max_answer_tokens = 6
 [output]
 db = "{run / "pool.db"}"
+dir = "{run}"
 """
 
 

@@ -334,8 +334,7 @@ class Domain:
         return self._grown(self.with_teacher(overrides), "oracle_aug", seed)
 
     def _grown(self, recipe: Recipe, name: str, seed: int) -> Recipe:
-        db = recipe.output.db
-        if not (db.parent / "run.json").is_file():
+        if not (recipe.output.run_dir / "run.json").is_file():
             log(f"[{self.name} seed {seed}] growing the {name} pool")
             pipeline.run(recipe, progress=self.progress, log=log)
         return recipe

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -28,14 +29,19 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 
 def toml_value(value) -> str:
+    """A TOML value; nan and the infinities as TOML 1.0 writes them (nan, inf, -inf), tables inline."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, (str, Path)):
         return json.dumps(str(value))
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(value)
 
 

@@ -63,7 +63,7 @@ def test_full_run_reports_four_rows(tiny, tmp_path):
     raw["eval"] = {"file": "eval.jsonl", "max_answer_tokens": 6}
     recipe = load_recipe(write_recipe(tmp_path / "r.toml", raw))
     pipeline.run_all(recipe, progress=False, log=lambda _: None)
-    run_dir = tmp_path / "run"
+    run_dir = tmp_path / "run" / "pool"  # the run folder is named after the database
     report = json.loads((run_dir / "report.json").read_text())
     assert [r["name"] for r in report["eval"]] == ["teacher", "base", "target before", "target after", "chance"]
     assert all(r["n"] == 3 for r in report["eval"])
@@ -101,7 +101,7 @@ def test_full_run_reports_four_rows(tiny, tmp_path):
     assert json.loads((run_dir / "eval.json").read_text())["rows"][3]["name"] == "target after"
 
     # one writer at a time in a run folder: train, eval and report refuse while another holds it
-    from tskd_lite.store import folder_lock
+    from tskd_lite.rundir import lock as folder_lock
 
     with folder_lock(run_dir):
         for command in (

@@ -302,7 +302,7 @@ def test_make_teacher_rejects_bad_data(tiny, tmp_path):
     assert result.exit_code == 1
     assert result.output.strip() == (
         f"Error: dataset: {data}:1: expected a chat record (user and assistant messages) or an "
-        "alpaca record (instruction, output)"
+        "alpaca record (instruction, output), with non-empty text"
     )
 
 

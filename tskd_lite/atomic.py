@@ -1,16 +1,50 @@
-"""Files written whole or not at all: a reader, or a run resumed after a kill, never sees half of one."""
+"""Files written whole or not at all: a reader, or a run resumed after a kill, never sees half of one.
+
+The temporary file gets a fresh name made with O_EXCL (mkstemp) beside the target: it never follows a symlink left
+under a guessable name, never truncates someone else's file, and two processes writing the same path at once do
+not share it. The data is flushed to disk before the rename, and the rename itself before returning.
+"""
 
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextmanager
+def replacing(path: Path, mode: str = "w") -> Iterator[IO]:
+    """A file open for writing ("w" text, "wb" bytes) that replaces path once the block ends without an error."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a result file gets the permissions open() would give
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write text to path through a temporary file, flushed to disk before it replaces path."""
-    tmp = path.with_name(path.name + ".part")
-    with tmp.open("w", encoding="utf-8") as f:
+    with replacing(path) as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside folder durable (a crash right after it cannot bring the old name back)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

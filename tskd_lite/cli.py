@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import functools
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -16,23 +17,74 @@ from tskd_lite.quantize import TYPES
 
 
 def _one_line_errors(fn):
+    """The one boundary: TskdError is printed as it is; any other exception as one line, its traceback written to
+    <run folder>/error.log (a temporary file where there is none to write to); --debug shows the traceback."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            result = fn(*args, **kwargs)
+            return fn(*args, **kwargs)
         except TskdError as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo(
-                "Interrupted: every finished item of the pool is in the store and training is saved at its last "
-                "step; an unfinished evaluation starts over. Run the same command again to resume.",
+                "Interrupted: everything finished so far is saved (each finished item of the pool in the store, "
+                "training, if it had started, at its last step; an unfinished evaluation starts over). "
+                "Run the same command again to resume.",
                 err=True,
             )
             sys.exit(130)
-        return result
+        except Exception as e:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            where = _write_error_log(kwargs)
+            details = f" (details in {where})" if where else ""
+            message = " ".join(str(e).split()) or "no message"
+            click.echo(f"Error: {type(e).__name__}: {message}{details}", err=True)
+            sys.exit(1)
 
     return wrapper
+
+
+def _write_error_log(kwargs: dict) -> Path | None:
+    """The traceback, appended to error.log in the command's run folder when that folder is the recipe's own
+    (run.json names its database), else to a file in the temporary folder; None when neither can be written."""
+    import tempfile
+    import time
+    import traceback
+
+    text = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} tskd-lite {' '.join(sys.argv[1:])}\n{traceback.format_exc()}"
+    places = [Path(tempfile.gettempdir()) / f"tskd-lite-error-{os.getpid()}.log"]
+    try:
+        run_dir = _own_run_dir(kwargs)
+        if run_dir is not None:
+            places.insert(0, run_dir / "error.log")
+    except Exception:  # the error log must not hide the error it is about
+        pass
+    for place in places:
+        try:
+            with open(place, "a", encoding="utf-8") as f:
+                f.write(text)
+            return place
+        except OSError:
+            continue
+    return None
+
+
+def _own_run_dir(kwargs: dict) -> Path | None:
+    from tskd_lite import rundir
+
+    if kwargs.get("run_dir") is not None:
+        run_dir = Path(kwargs["run_dir"])
+        return run_dir if rundir.owner(run_dir) is not None else None
+    if kwargs.get("recipe") is None:
+        return None
+    from tskd_lite.recipe import load_recipe
+
+    out = load_recipe(kwargs["recipe"]).output
+    made_by = rundir.owner(out.run_dir)
+    return out.run_dir if made_by is not None and made_by.resolve() == out.db.resolve() else None
 
 
 def _db_from(target: str) -> Path:
@@ -47,7 +99,8 @@ def _db_from(target: str) -> Path:
 
 @click.group()
 @click.version_option(package_name="tskd-lite")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an unexpected error instead of one line.")
+def main(debug: bool) -> None:
     """Move a fine-tuned model's specialised knowledge into another model without the original data."""
 
 
@@ -57,8 +110,10 @@ def main() -> None:
 def check(recipe: Path) -> None:
     """Validate RECIPE without running anything."""
     from tskd_lite.recipe import load_recipe
+    from tskd_lite.rundir import check_outputs
 
     r = load_recipe(recipe)
+    check_outputs(r)
     click.echo(f"{recipe}: ok ({len(r.seeds.prompts)} seed prompts, {r.expand.rounds} rounds, database {r.output.db})")
     for what, path in _paths(r):
         click.echo(f"  {what:<7} {path}")
@@ -138,11 +193,8 @@ def status(target: str, run_id: int | None, as_json: bool) -> None:
     from tskd_lite.report import format_summary, summary
     from tskd_lite.store import Store
 
-    store = Store.read(_db_from(target))
-    try:
+    with Store.read(_db_from(target)) as store:
         s = summary(store, store.get_run(run_id).id)
-    finally:
-        store.close()
     click.echo(json.dumps(s, indent=2) if as_json else format_summary(s))
 
 
@@ -158,17 +210,23 @@ def status(target: str, run_id: int | None, as_json: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["chat", "alpaca"]), default="chat", show_default=True)
 @click.option("--provenance", is_flag=True, help="Add round, source, few-shot ids and scores to each record.")
 @click.option("--run", "run_id", type=int, help="Run id (default: the latest).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing file at --output (never the database itself).")
 @_one_line_errors
-def export(target: str, output: Path, fmt: str, provenance: bool, run_id: int | None) -> None:
+def export(target: str, output: Path, fmt: str, provenance: bool, run_id: int | None, overwrite: bool) -> None:
     """Write the kept pairs of a run as JSONL (TARGET: database or recipe)."""
+    import os
+
     from tskd_lite.export import export as write
     from tskd_lite.store import Store
 
-    store = Store.read(_db_from(target))
-    try:
+    with Store.read(_db_from(target)) as store:
+        if output.resolve() in store.own_files():
+            raise TskdError(f"-o/--output: {output} is the database {store.path} or one of its files")
+        if output.is_dir():
+            raise TskdError(f"-o/--output: {output} is a folder; name a file")
+        if os.path.lexists(output) and not (overwrite or store.may_write_export(output)):
+            raise TskdError(f"-o/--output: {output} exists; pass --overwrite to replace it, or choose another path")
         n = write(store, store.get_run(run_id).id, output, fmt, provenance=provenance)
-    finally:
-        store.close()
     click.echo(f"{output}: {n} pairs ({fmt})")
 
 
@@ -189,13 +247,14 @@ def models(models_dir: Path) -> None:
 @click.argument("src", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("dst", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--type", "kind", type=click.Choice(TYPES), default="q8_0", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing DST.")
 @_one_line_errors
-def requantize(src: Path, dst: Path, kind: str) -> None:
+def requantize(src: Path, dst: Path, kind: str, overwrite: bool) -> None:
     """Re-encode the GGUF SRC's weights as another type into DST: on a CPU, Q8_0 or Q4_0 process prompts (and so
     score) much faster than Q4_1 (README, Performance). A teacher's LoRA GGUF loads on the re-encoded base as before."""
     from tskd_lite.quantize import requantize as run_requantize
 
-    click.echo(f"{run_requantize(src, dst, kind)}: {kind}, {dst.stat().st_size / 2**20:.0f} MiB")
+    click.echo(f"{run_requantize(src, dst, kind, overwrite=overwrite)}: {kind}, {dst.stat().st_size / 2**20:.0f} MiB")
 
 
 @main.command(name="make-teacher")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from tskd_lite import atomic
 from tskd_lite.store import Store
 
 FORMATS = ("chat", "alpaca")
@@ -40,9 +40,7 @@ def export(store: Store, run_id: int, path: Path, fmt: str = "chat", *, provenan
     """Write the run's kept pairs to path (atomically: a reader never sees half a file); return how many."""
     pairs = store.kept_pairs(run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic.replacing(path) as f:
         for pair in pairs:
             f.write(json.dumps(_record(pair, fmt, provenance), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
     return len(pairs)

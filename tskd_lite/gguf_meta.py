@@ -7,6 +7,7 @@ A small parser of our own: gguf.GGUFReader builds a numpy view per vocabulary en
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,9 @@ from tskd_lite.errors import TskdError
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+# The GGUF spec's key form (lower_snake_case, dot-separated); tensor names are printable ASCII without spaces.
+_KEY = re.compile(r"[a-z0-9_\-]+(\.[a-z0-9_\-]+)*")
+_TENSOR_NAME = re.compile(r"[\x21-\x7e]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ class _Cursor:
         if len(raw) != n:
             raise ValueError("string runs past the end of the file")
         self.pos += n
-        return raw.decode("utf-8", errors="replace")
+        return raw.decode("utf-8")  # strict, as the gguf package reads it: a damaged byte is refused, not replaced
 
     def value(self, kind: int):
         if kind in _SCALARS:
@@ -83,10 +87,14 @@ def read_header(path: Path, where: str) -> GGUFHeader:
         fields = {}
         for _ in range(n_kv):
             key = cur.string()
+            if not _KEY.fullmatch(key):
+                raise ValueError(f"key {key!r} is not of the form lower_snake_case.dotted")
             fields[key] = cur.value(cur.take("<I"))
         tensors = {}
         for _ in range(n_tensors):
             name = cur.string()
+            if not _TENSOR_NAME.fullmatch(name):
+                raise ValueError(f"tensor name {name!r} has characters no tensor name has")
             n_dims = cur.take("<I")
             if not 1 <= n_dims <= 4:
                 raise ValueError(f"tensor {name!r} has {n_dims} dimensions")
@@ -114,6 +122,12 @@ def check_gguf(path: Path, where: str) -> GGUFHeader:
     header = read_header(path, where)
     size = path.stat().st_size
     align = header.fields.get("general.alignment", 32)
+    if not header.tensors:
+        raise TskdError(f"{where}: {path} is damaged (no tensors)")
+    unknown = _unknown_tensor(header)
+    if unknown:
+        raise TskdError(f"{where}: {path} is damaged (tensor {unknown} is not one its architecture has)")
+    spans = []
     for name, (dims, kind, offset) in header.tensors.items():
         if kind not in GGML_QUANT_SIZES:
             raise TskdError(f"{where}: {path} is damaged (tensor {name} has unknown type {kind})")
@@ -126,7 +140,25 @@ def check_gguf(path: Path, where: str) -> GGUFHeader:
         end = header.data_start + offset + n // block * type_size
         if end > size:
             raise TskdError(f"{where}: {path} is truncated (tensor {name} ends past the end of the file)")
+        spans.append((offset, end - header.data_start, name))
+    spans.sort()
+    for (_, end, name), (start, _, after) in zip(spans, spans[1:], strict=False):
+        if end > start:
+            raise TskdError(f"{where}: {path} is damaged (tensor {name} overlaps {after})")
     return header
+
+
+def _unknown_tensor(header: GGUFHeader) -> str | None:
+    """The first tensor whose name the architecture (as the gguf package knows it) has no place for; None when all
+    fit or the architecture is one the package does not know. LoRA adapters name the tensor they adapt + .lora_a/b."""
+    from gguf.constants import MODEL_ARCH_NAMES, MODEL_TENSORS, TENSOR_NAMES
+
+    arch = next((a for a, n in MODEL_ARCH_NAMES.items() if n == header.fields.get("general.architecture")), None)
+    if arch is None:
+        return None
+    stems = "|".join(re.escape(TENSOR_NAMES[t]).replace(r"\{bid\}", r"\d+") for t in MODEL_TENSORS[arch])
+    known = re.compile(rf"({stems})(\.[a-z_0-9]+)?(\.lora_[ab])?")
+    return next((name for name in header.tensors if not known.fullmatch(name)), None)
 
 
 def chat_template(path: Path) -> str | None:

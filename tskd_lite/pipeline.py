@@ -8,6 +8,7 @@ same pool and dataset as one that was never interrupted.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,16 +17,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tskd_lite import contrast, expand, gguf_meta
+from tskd_lite import contrast, expand, gguf_meta, rundir
 from tskd_lite.dedup import Pool, normalise
 from tskd_lite.engine import Engine
 from tskd_lite.errors import TskdError
 from tskd_lite.export import export
 from tskd_lite.recipe import Recipe, changed_keys, flatten, recipe_hash
-from tskd_lite.report import write_report, write_run_info
+from tskd_lite.report import write_report
 from tskd_lite.score import score_pairs
 from tskd_lite.select import RULES, decide
-from tskd_lite.store import Store, folder_lock
+from tskd_lite.store import Store
 from tskd_lite.strategies import STRATEGIES, Round
 
 Log = Callable[[str], None]
@@ -72,37 +73,43 @@ class _Models:
 
 def run(recipe: Recipe, *, force_new: bool = False, progress: bool = True, log: Log = print) -> RunResult:
     """Run (or resume) the recipe's pipeline and export its dataset."""
-    store = Store.open(recipe.output.db)
+    out = recipe.output
+    rundir.check_outputs(recipe)  # before the store makes any file
+    store = Store.open(out.db)
     models = _Models(recipe, log)
     try:
-        path = recipe.output.export_path
-        if not store.may_write_export(path):
-            raise TskdError(
-                f"{recipe.path}: output.export: {path} exists and was not written by a run of {store.path}; "
-                "remove it or choose another output.export"
-            )
         if force_new or store.latest_run() is None:
             _preflight(recipe, models)
         run_id = _start(store, recipe, force_new, log)
+        rundir.claim(out.run_dir, out.db, run_id, f"{recipe.path}: output.dir")
         started = time.perf_counter()
         try:
             status, message = _rounds(store, run_id, recipe, models, progress, log)
-        except KeyboardInterrupt:
-            store.update_run(run_id, status="interrupted", message="interrupted; run again to resume")
+        except BaseException as e:
+            _record_stop(store, run_id, e, time.perf_counter() - started)
             raise
-        except TskdError as e:
-            store.update_run(run_id, status="failed", message=str(e))
-            raise
-        finally:
-            store.add_elapsed(run_id, time.perf_counter() - started)
+        store.add_elapsed(run_id, time.perf_counter() - started)
         store.update_run(run_id, status=status, message=message)
-        kept = export(store, run_id, path, recipe.output.format, provenance=recipe.output.provenance)
-        store.record_export(path)
-        write_run_info(recipe.output.run_dir, recipe.output.db, run_id)
-        return RunResult(run_id, status, message, kept, recipe.output.db, path)
+        store.record_export(out.export_path)  # first: a kill after the write must not leave our own file unowned
+        kept = export(store, run_id, out.export_path, out.format, provenance=out.provenance)
+        return RunResult(run_id, status, message, kept, out.db, out.export_path)
     finally:
         models.close()
         store.close()
+
+
+def _record_stop(store: Store, run_id: int, error: BaseException, seconds: float) -> None:
+    """Mark a run that stopped on an error failed (interrupted on Ctrl-C), so it is never left "running". When the
+    store itself is what failed (disk full), this can fail too: the original error is the one to report."""
+    if isinstance(error, KeyboardInterrupt):
+        status, message = "interrupted", "interrupted; run again to resume"
+    else:
+        status, message = "failed", str(error) if isinstance(error, TskdError) else f"{type(error).__name__}: {error}"
+    try:
+        store.add_elapsed(run_id, seconds)
+        store.update_run(run_id, status=status, message=message)
+    except (sqlite3.Error, OSError):
+        pass
 
 
 def run_all(recipe: Recipe, *, force_new: bool = False, progress: bool = True, log: Log = print) -> RunResult:
@@ -123,13 +130,14 @@ def train_target(recipe: Recipe, *, progress: bool = True, log: Log = print):
     """Train the target on the exported dataset of the recipe's run."""
     from tskd_lite.train import read_pairs, train
 
+    rundir.claim(recipe.output.run_dir, recipe.output.db, None, f"{recipe.path}: output.dir")
     path = recipe.output.export_path
     if not path.is_file():
         raise TskdError(f"{path}: no dataset yet; run the recipe first")
     if recipe.target is None:
         raise TskdError(f"{recipe.path}: target: a [target] table is needed to train")
     pairs = read_pairs(path) if recipe.train.token_top_fraction == 1.0 else token_selected_pairs(recipe, log)
-    with folder_lock(recipe.output.run_dir):
+    with rundir.lock(recipe.output.run_dir):
         result = train(recipe.target, recipe.train, recipe.output.run_dir / "train", pairs, progress=progress, log=log)
     log(
         f"trained the target: {result.mode}, {result.steps} steps, {result.tokens_per_s:.0f} answer tokens/s; "
@@ -142,8 +150,7 @@ def token_selected_pairs(recipe: Recipe, log: Log) -> list:
     """The kept pairs with the byte spans of their top answer tokens, from the per-token scores in the store."""
     from tskd_lite.select import top_token_spans
 
-    store = Store.read(recipe.output.db)
-    try:
+    with Store.read(recipe.output.db) as store:
         run = store.get_run(None)
         if run.unit != "token":
             raise TskdError(
@@ -151,8 +158,6 @@ def token_selected_pairs(recipe: Recipe, log: Log) -> list:
                 "tokenizer (this run scores per byte)"
             )
         rows = store.kept_pairs(run.id)
-    finally:
-        store.close()
     fraction = recipe.train.token_top_fraction
     log(f"token-level selection: training on the top {fraction:.0%} of answer tokens by teacher-over-base lift")
     return [
@@ -173,7 +178,8 @@ def token_selected_pairs(recipe: Recipe, log: Log) -> list:
 def evaluate_run(recipe: Recipe, *, progress: bool = True, log: Log = print) -> dict:
     from tskd_lite.evaluate import evaluate
 
-    with folder_lock(recipe.output.run_dir):
+    rundir.claim(recipe.output.run_dir, recipe.output.db, None, f"{recipe.path}: output.dir")
+    with rundir.lock(recipe.output.run_dir):
         result = evaluate(recipe, train_dir=recipe.output.run_dir / "train", progress=progress, log=log)
     for row in result["rows"]:
         nll = "-" if row["nll_per_byte"] is None else f"{row['nll_per_byte']:.4f}"

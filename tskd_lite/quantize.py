@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import ctypes
 import os
+import tempfile
 from pathlib import Path
 
+from tskd_lite import atomic
 from tskd_lite.errors import TskdError
 from tskd_lite.gguf_meta import check_gguf
 
 TYPES = ("q8_0", "q4_0", "f16")
 
 
-def requantize(src: Path, dst: Path, kind: str, threads: int = 0) -> Path:
+def requantize(src: Path, dst: Path, kind: str, threads: int = 0, *, overwrite: bool = False) -> Path:
     """Write src's weights as `kind` (one of TYPES) to dst; dst appears only once it is complete."""
     import llama_cpp
     from llama_cpp._utils import suppress_stdout_stderr
@@ -29,12 +31,19 @@ def requantize(src: Path, dst: Path, kind: str, threads: int = 0) -> Path:
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{kind.upper()}")
     params.allow_requantize = True  # the source is usually quantized already
     params.nthread = threads or os.cpu_count() or 1
+    if dst.resolve() == src.resolve():
+        raise TskdError(f"{dst}: the output is the input itself; name another file")
+    if os.path.lexists(dst) and not overwrite:
+        raise TskdError(f"{dst}: exists; pass --overwrite to replace it, or name another file")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".part")
+    fd, name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")  # a fresh name, no link
+    os.close(fd)
+    tmp = Path(name)
     with suppress_stdout_stderr(disable=False):  # llama.cpp logs every tensor
         failed = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
     if failed:
         tmp.unlink(missing_ok=True)
         raise TskdError(f"{src}: llama.cpp could not re-encode it as {kind}")
     tmp.replace(dst)
+    atomic.fsync_dir(dst.parent)
     return dst

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import os
 import tomllib
 import types
 import typing
@@ -17,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tskd_lite.chat import compile_template, render_user_turn
+from tskd_lite.chat import check_template, template_source
 from tskd_lite.errors import TskdError
 from tskd_lite.gguf_meta import check_gguf
-from tskd_lite.jsonl import read_eval_file, read_jsonl, read_lines
+from tskd_lite.jsonl import check_input_file, read_eval_file, read_jsonl, read_lines
 
 # Few-shot and continued as raw text by default (paraphrase_template = "raw"): a 135M instruct model asked in its
 # chat template answers the question instead of rewriting it; continuing a list of rewrites, it rewrites.
@@ -42,12 +44,31 @@ DEFAULT_INSTRUCTION = (
 )
 
 
+# Upper bounds of the count and size keys: far above any real use, low enough that nothing tries to allocate them.
+MAX_TOKENS = 131_072  # a context, a sequence or a reply, in tokens
+MAX_COUNT = 10_000_000  # prompts, pairs, steps, items
+MAX_SEED = 2**32 - 1
+
+
 def _ranged(default: Any, ok: Callable[[Any], bool], expected: str) -> Any:
     return field(default=default, metadata={"ok": ok, "expected": expected})
 
 
-def _positive_int(default: int) -> Any:
-    return _ranged(default, lambda v: v > 0, "an integer > 0")
+def _int_in(default: int | None, low: int, high: int, note: str = "") -> Any:
+    """An integer key with both bounds: every count and size has an upper one, so a typo of a few zeros is refused
+    here rather than found as an allocation that never ends."""
+    return _ranged(
+        default, lambda v: low <= v <= high, f"an integer in [{low}, {high}]" + (f" ({note})" if note else "")
+    )
+
+
+def _positive_int(default: int, high: int) -> Any:
+    return _int_in(default, 1, high)
+
+
+def _number_in(default: float | None, low: float, high: float, *, open_low: bool = False) -> Any:
+    ok = (lambda v: low < v <= high) if open_low else (lambda v: low <= v <= high)
+    return _ranged(default, ok, f"a number in {'(' if open_low else '['}{low:g}, {high:g}]")
 
 
 def _unit_interval(default: float, *, open_low: bool = True) -> Any:
@@ -66,9 +87,9 @@ class ModelSpec:
 
     model: Path
     lora: Path | None = None
-    lora_scale: float = _ranged(1.0, lambda v: v != 0, "a non-zero number")
+    lora_scale: float = _ranged(1.0, lambda v: v != 0 and abs(v) <= 100, "a non-zero number in [-100, 100]")
     chat_template: str | None = None
-    n_ctx: int = _ranged(2048, lambda v: v >= 64, "an integer >= 64")
+    n_ctx: int = _int_in(2048, 64, MAX_TOKENS)
 
 
 @dataclass(frozen=True)
@@ -90,18 +111,18 @@ class Expand:
     # names only (a catalogue, a directory), inline or one per line in a file: what the entities strategy fills in
     entities: tuple[str, ...] = ()
     entities_file: Path | None = None
-    rounds: int = _ranged(3, lambda v: v >= 0, "an integer >= 0 (0: the seeds only)")
-    candidates_per_round: int = _positive_int(32)
-    target_kept: int = _positive_int(64)
-    few_shot: int = _positive_int(4)
-    temperature: float = _ranged(0.9, lambda v: v >= 0, "a number >= 0")
+    rounds: int = _int_in(3, 0, 1000, "0: the seeds only")
+    candidates_per_round: int = _positive_int(32, 100_000)
+    target_kept: int = _positive_int(64, 2**31 - 1)  # a threshold only (the benchmark uses 2**30 for "no limit")
+    few_shot: int = _positive_int(4, 64)
+    temperature: float = _number_in(0.9, 0, 10)
     top_p: float = _unit_interval(0.95)
-    max_prompt_tokens: int = _positive_int(96)
+    max_prompt_tokens: int = _positive_int(96, MAX_TOKENS)
     instruction: str = _ranged(DEFAULT_INSTRUCTION, lambda v: "{examples}" in v, "text containing {examples}")
     # Paraphrase augmentation: for each prompt a round keeps, paraphrase_writer writes this many rephrasings, answered,
     # scored and selected like any other pair (0: off). Facts enter a model by fine-tuning only when seen in several
     # phrasings (Allen-Zhu & Li, Physics of LMs 3.1; Ovadia et al. 2024).
-    paraphrases: int = _ranged(0, lambda v: 0 <= v <= 16, "an integer in [0, 16]")
+    paraphrases: int = _int_in(0, 0, 16)
     paraphrase_instruction: str = _ranged(DEFAULT_PARAPHRASE, lambda v: "{prompt}" in v, "text containing {prompt}")
     # "raw": the writer continues the instruction as plain text; "chat": it answers it in its chat template
     paraphrase_template: str = _one_of("raw", "raw", "chat")
@@ -112,8 +133,8 @@ class Expand:
 
 @dataclass(frozen=True)
 class Respond:
-    max_answer_tokens: int = _positive_int(128)
-    temperature: float = _ranged(0.0, lambda v: v >= 0, "a number >= 0")
+    max_answer_tokens: int = _positive_int(128, MAX_TOKENS)
+    temperature: float = _number_in(0.0, 0, 10)
     top_p: float = _unit_interval(1.0)
 
 
@@ -128,15 +149,15 @@ class Select:
     """
 
     rule: str = _one_of("ppl_ratio", *RULES)
-    tau: float = _ranged(1.5, lambda v: v > 0, "a number > 0")
+    tau: float = _number_in(1.5, 0, 1e6, open_low=True)
     # contrast: also keep only answers whose words outside the prompt's names and numbers the teacher finds at
     # least min_contrast nats likelier with the real names than with invented ones (tskd_lite/contrast.py),
     # averaged over contrast_swaps swaps: the teacher knows, rather than guesses or echoes
-    min_contrast: float = _ranged(1.0, lambda v: v >= 0, "a number >= 0")
-    contrast_swaps: int = _ranged(2, lambda v: 1 <= v <= 8, "an integer in [1, 8]")
+    min_contrast: float = _number_in(1.0, 0, 1e6)
+    contrast_swaps: int = _int_in(2, 1, 8)
     top_fraction: float = _unit_interval(1.0)
-    max_teacher_ppl: float | None = _ranged(None, lambda v: v > 1, "a number > 1")
-    min_answer_tokens: int = _positive_int(1)
+    max_teacher_ppl: float | None = _number_in(None, 1, 1e12, open_low=True)
+    min_answer_tokens: int = _positive_int(1, MAX_TOKENS)
 
 
 @dataclass(frozen=True)
@@ -148,7 +169,9 @@ class Dedup:
 
 @dataclass(frozen=True)
 class Output:
-    """db holds the pool; dir (default: the db's folder) holds training outputs, evaluation and the report."""
+    """db holds the pool; dir holds training outputs, evaluation and the report. Its default is a folder named
+    after the db beside it (runs/x/pool.db: runs/x/pool/), so recipes whose databases share a folder never share
+    their outputs."""
 
     db: Path = Path("tskd.db")
     export: Path | None = None
@@ -162,7 +185,7 @@ class Output:
 
     @property
     def run_dir(self) -> Path:
-        return self.dir or self.db.parent
+        return self.dir or self.db.with_name(self.db.stem if self.db.suffix else self.db.name + "-run")
 
 
 @dataclass(frozen=True)
@@ -186,27 +209,27 @@ class Target:
 
 @dataclass(frozen=True)
 class Train:
-    rank: int = _positive_int(16)
-    alpha: float = _ranged(32.0, lambda v: v > 0, "a number > 0")
+    rank: int = _positive_int(16, 4096)
+    alpha: float = _number_in(32.0, 0, 1e6, open_low=True)
     dropout: float = _unit_interval(0.05, open_low=False)
     target_modules: tuple[str, ...] = ("all-linear",)
     learning_rate: float = _ranged(2e-4, lambda v: 0 < v < 1, "a number in (0, 1)")
     schedule: str = _one_of("cosine", "cosine", "linear", "constant")
-    warmup_steps: int = _ranged(0, lambda v: v >= 0, "an integer >= 0")
-    epochs: int = _positive_int(3)
-    max_steps: int = _ranged(0, lambda v: v >= 0, "an integer >= 0 (0: run the epochs)")
-    batch_size: int = _positive_int(8)
-    grad_accum: int = _positive_int(1)
-    max_seq_len: int = _ranged(256, lambda v: v >= 16, "an integer >= 16")
+    warmup_steps: int = _int_in(0, 0, MAX_COUNT)
+    epochs: int = _positive_int(3, 10_000)
+    max_steps: int = _int_in(0, 0, MAX_COUNT, "0: run the epochs")
+    batch_size: int = _positive_int(8, 65_536)
+    grad_accum: int = _positive_int(1, 65_536)
+    max_seq_len: int = _int_in(256, 16, MAX_TOKENS)
     val_fraction: float = _ranged(0.1, lambda v: 0 <= v < 0.5, "a number in [0, 0.5)")
     # Stop once the held-out loss has not improved for this many epochs and keep the best epoch's adapter
     # (0: run every epoch). New facts are fitted slowly; the held-out phrasings say when to stop, not the
     # training loss (Gekhman et al. 2024).
-    patience: int = _ranged(0, lambda v: v >= 0, "an integer >= 0 (0: no early stopping)")
+    patience: int = _int_in(0, 0, 10_000, "0: no early stopping")
     quantize: str = _one_of("auto", "auto", "nf4", "none")
     token_top_fraction: float = _unit_interval(1.0)
-    checkpoint_every: int = _positive_int(50)
-    seed: int = _ranged(0, lambda v: v >= 0, "an integer >= 0")  # numpy's generators take no negative seed
+    checkpoint_every: int = _positive_int(50, MAX_COUNT)
+    seed: int = _int_in(0, 0, MAX_SEED)  # numpy's generators take no negative seed
 
 
 @dataclass(frozen=True)
@@ -214,8 +237,8 @@ class Eval:
     """A held-out JSONL of {"prompt", "answer", "aliases"?} that the pipeline never sees."""
 
     file: Path
-    max_answer_tokens: int = _positive_int(64)
-    limit: int = _ranged(0, lambda v: v >= 0, "an integer >= 0 (0: every item)")
+    max_answer_tokens: int = _positive_int(64, MAX_TOKENS)
+    limit: int = _int_in(0, 0, MAX_COUNT, "0: every item")
 
 
 @dataclass(frozen=True)
@@ -232,9 +255,9 @@ class Recipe:
     target: Target | None = None
     train: Train = Train()
     eval: Eval | None = None
-    seed: int = 0
-    threads: int = _ranged(0, lambda v: v >= 0, "an integer >= 0 (0: all cores)")
-    parallel: int = _ranged(8, lambda v: 1 <= v <= 64, "an integer in [1, 64]")
+    seed: int = _int_in(0, 0, MAX_SEED)
+    threads: int = _int_in(0, 0, 1024, "0: all cores")
+    parallel: int = _int_in(8, 1, 64)
     path: Path = field(default=Path("recipe.toml"), metadata={"internal": True})
     text: str = field(default="", metadata={"internal": True})
 
@@ -277,6 +300,8 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     overrides: tables and keys laid over the file's before validation (how a benchmark varies one recipe).
     """
     path = Path(path)
+    if path.exists():  # a missing recipe gets its own message below
+        check_input_file(path, f"{path}: recipe", max_bytes=16 << 20)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -302,8 +327,11 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
                 check_gguf(spec.lora, f"{path}: {name}.lora")
     if recipe.target is not None:
         _check_target(recipe.target.model, f"{path}: target.model")
+        if not recipe.target.model.is_dir():
+            check_cache(recipe.target, f"{path}: target.cache")
     if recipe.eval is not None:
         read_eval_file(recipe.eval.file, f"{path}: eval.file")
+    _check_output_paths(recipe)
     # The base only scores text rendered with the teacher's template; the models that write need their own.
     writers = ["teacher", "generator"]
     if recipe.expand.paraphrases and recipe.expand.paraphrase_template == "chat":
@@ -312,7 +340,8 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         spec = getattr(recipe, name)
         if spec is not None:
             try:
-                render_user_turn(compile_template(spec.chat_template, spec.model, name), name, "Is this a test?")
+                # in a child process with a memory and time budget: a template can cost what no sandbox stops
+                check_template(template_source(spec.chat_template, spec.model, name), name)
             except TskdError as e:
                 raise TskdError(f"{path}: {e}") from None
     return recipe
@@ -375,8 +404,8 @@ class _Builder:
                 self.fail(key, "an integer", value)
             return value
         if hint is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                self.fail(key, "a number", value)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                self.fail(key, "a finite number", value)
             return float(value)
         if hint is str:
             if not isinstance(value, str):
@@ -393,6 +422,24 @@ class _Builder:
         raise TypeError(f"recipe field {key} has unsupported type {hint}")
 
 
+SOURCE_MARKER = "tskd_source.json"  # in every target conversion tskd-lite writes: what marks a cache as its own
+
+
+def check_cache(target: Target, where: str) -> None:
+    """Raise TskdError unless a GGUF target's cache path is free or a conversion tskd-lite wrote (a user's own
+    Hugging Face folder there is never replaced)."""
+    cache = target.cache_dir
+    if not cache.exists() and not cache.is_symlink():
+        return
+    if cache.is_symlink() or not cache.is_dir():
+        raise TskdError(f"{where}: {cache} exists and is not a folder tskd-lite made; choose another target.cache")
+    if not (cache / SOURCE_MARKER).is_file():
+        raise TskdError(
+            f"{where}: {cache} exists and is not a conversion tskd-lite wrote (no {SOURCE_MARKER}); choose another "
+            "target.cache, or set target.model to that folder to train it"
+        )
+
+
 def _check_target(model: Path, where: str) -> None:
     if model.is_dir():
         if not (model / "config.json").is_file():
@@ -403,6 +450,32 @@ def _check_target(model: Path, where: str) -> None:
             )
     else:
         check_gguf(model, where)
+
+
+def _check_output_paths(recipe: Recipe) -> None:
+    """Each place a run writes is a file where a file goes and a folder where a folder goes, under folders (not
+    under a file): found here as one line naming the key, not mid-run as an OSError."""
+    out = recipe.output
+    places = [
+        ("output.db", out.db, False),
+        ("output.export", out.export_path, False),
+        ("output.dir", out.run_dir, True),
+    ]
+    if recipe.target is not None and not recipe.target.model.is_dir():
+        places.append(("target.cache", recipe.target.cache_dir, True))
+    if out.export_path.resolve() == out.db.resolve():
+        raise TskdError(f"{recipe.path}: output.export: {out.export_path} is output.db itself")
+    for key, place, folder in places:
+        where = f"{recipe.path}: {key}"
+        if os.path.lexists(place) and place.is_dir() != folder:
+            raise TskdError(f"{where}: {place} exists and is {'not a folder' if folder else 'a folder'}")
+        if not folder and os.path.lexists(place) and not place.is_file():
+            raise TskdError(f"{where}: {place} exists and is not a regular file")
+        above = place.parent
+        while not os.path.lexists(above):
+            above = above.parent
+        if not above.is_dir():
+            raise TskdError(f"{where}: {place} lies under {above}, which is not a folder")
 
 
 def _load_seeds(seeds: Seeds, recipe_path: Path) -> tuple[str, ...]:

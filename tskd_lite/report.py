@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tskd_lite import atomic
 from tskd_lite.errors import TskdError
 from tskd_lite.evaluate import recovered
-from tskd_lite.store import Store, folder_lock
+from tskd_lite.rundir import lock
+from tskd_lite.store import Store
 
 
 def summary(store: Store, run_id: int) -> dict:
@@ -116,11 +118,6 @@ def format_summary(s: dict) -> str:
 # -- the run report: dataset, training and evaluation side by side ----------------------------------------
 
 
-def write_run_info(run_dir: Path, db: Path, run_id: int) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run.json").write_text(json.dumps({"db": str(db), "run_id": run_id}))
-
-
 def _gaps_by_round(store: Store, run_id: int) -> dict[int, list[float]]:
     out: dict[int, list[float]] = {}
     for round_, g in store.db.execute(
@@ -136,24 +133,22 @@ def write_report(run_dir: Path) -> Path:
     info_path = run_dir / "run.json"
     if not info_path.is_file():
         raise TskdError(f"{run_dir}: not a run folder (no run.json; `tskd-lite run` writes it)")
-    with folder_lock(run_dir):
+    with lock(run_dir):
         return _write_report(run_dir, json.loads(info_path.read_text()))
 
 
 def _write_report(run_dir: Path, info: dict) -> Path:
-    store = Store.read(Path(info["db"]))
-    try:
-        dataset = summary(store, info["run_id"])
-        gaps = _gaps_by_round(store, info["run_id"])
-    finally:
-        store.close()
+    with Store.read(Path(info["db"])) as store:
+        run_id = store.get_run(info.get("run_id")).id  # None: the latest (a folder trained before any `run`)
+        dataset = summary(store, run_id)
+        gaps = _gaps_by_round(store, run_id)
     train = _read_json(run_dir / "train" / "train.json")
     evaluation = _read_json(run_dir / "eval.json")
     rows = [{k: v for k, v in r.items() if k != "predictions"} for r in (evaluation or {}).get("rows", [])]
     report = {"dataset": dataset, "train": train, "eval": rows, "recovered": _recovered(rows)}
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    atomic.write_text(run_dir / "report.json", json.dumps(report, indent=2))
     plots = _plots(run_dir, gaps, dataset["unit"], train)
-    (run_dir / "report.md").write_text(_markdown(report, plots))
+    atomic.write_text(run_dir / "report.md", _markdown(report, plots))
     return run_dir / "report.md"
 
 
@@ -185,7 +180,8 @@ def _plots(run_dir: Path, gaps: dict[int, list[float]], unit: str | None, train:
         ax.set_ylabel("pairs")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(run_dir / "gap_hist.png", dpi=120)
+        with atomic.replacing(run_dir / "gap_hist.png", "wb") as f:
+            fig.savefig(f, format="png", dpi=120)
         plt.close(fig)
         names.append("gap_hist.png")
     if train and train.get("curve"):
@@ -199,7 +195,8 @@ def _plots(run_dir: Path, gaps: dict[int, list[float]], unit: str | None, train:
         ax.set_ylabel("answer-token loss (nats)")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(run_dir / "loss.png", dpi=120)
+        with atomic.replacing(run_dir / "loss.png", "wb") as f:
+            fig.savefig(f, format="png", dpi=120)
         plt.close(fig)
         names.append("loss.png")
     return names

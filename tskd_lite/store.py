@@ -7,8 +7,8 @@ database); readers (status, export) need no lock thanks to WAL.
 
 from __future__ import annotations
 
-import fcntl
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -19,6 +19,7 @@ from typing import Any
 
 import sqlite_utils
 
+from tskd_lite import locks
 from tskd_lite.errors import TskdError
 
 SCHEMA_VERSION = 1
@@ -39,26 +40,31 @@ class Store:
         self.path = Path(path)
         self._lock = None
         if write:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock = _take_lock(self.path)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise TskdError(f"{self.path}: cannot make its folder ({e.strerror or e})") from None
+            self._lock = locks.take(self.path, "another tskd-lite run is writing to this database")
         elif not self.path.is_file():
             raise TskdError(f"{self.path}: database not found")
         try:
             self.db = sqlite_utils.Database(self.path)
-            if write:
+            try:
                 tables = set(self.db.table_names())
-                if tables and "runs" not in tables:  # a recipe must not add tables to someone else's database
-                    self.close()
-                    raise TskdError(
-                        f"{self.path}: an existing SQLite database that is not a tskd-lite store "
-                        f"(tables: {', '.join(sorted(tables)[:5])}); choose another output.db"
-                    )
-                self.db.enable_wal()
-                self._create()
-            elif "runs" not in self.db.table_names():
-                raise TskdError(f"{self.path}: not a tskd-lite database (no runs table)")
+                if tables or not write:  # checked before anything is written: a foreign database stays as it was
+                    _check_ours(self.db, tables, self.path)
+                if write:
+                    self.db.enable_wal()
+                    self._create()
+            except BaseException:
+                self.db.close()
+                raise
         except sqlite3.DatabaseError as e:
+            self._release()
             raise TskdError(f"{self.path}: not a readable SQLite database ({e})") from None
+        except BaseException:
+            self._release()
+            raise
 
     @classmethod
     def open(cls, path: Path) -> Store:
@@ -68,10 +74,20 @@ class Store:
     def read(cls, path: Path) -> Store:
         return cls(path, write=False)
 
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         self.db.close()
+        self._release()
+
+    def _release(self) -> None:
         if self._lock is not None:
             self._lock.close()
+            self._lock = None
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -223,11 +239,20 @@ class Store:
         )
 
     def may_write_export(self, path: Path) -> bool:
-        """Whether the pipeline may write its dataset to path: a new file, one this store wrote before, or, in a
-        store made before exports were recorded, any file (its runs wrote it)."""
+        """Whether a dataset may be written to path: nothing is there yet (not even a dangling link), or the file
+        there is the export this store recorded. The database and its own files never are."""
+        path = Path(path)
+        if path.resolve() in self.own_files():
+            return False
+        if not os.path.lexists(path):
+            return True
         written = {r["value"] for r in self.db.query("select value from meta where key = 'export'")}
-        legacy = not written and self.db.execute("select count(*) from runs").fetchone()[0] > 0
-        return not path.exists() or str(path.resolve()) in written or legacy
+        return path.is_file() and not path.is_symlink() and str(path.resolve()) in written
+
+    def own_files(self) -> set[Path]:
+        """The database file and the files SQLite and the lock keep beside it."""
+        db = self.path.resolve()
+        return {db} | {db.with_name(db.name + s) for s in ("-wal", "-shm", "-journal", ".lock")}
 
     def record_export(self, path: Path) -> None:
         with self.transaction():
@@ -388,26 +413,27 @@ class Store:
         )
 
 
+# What makes a database a tskd-lite store: a table of another program that happens to be called "runs" is not one.
+_OUR_RUN_COLUMNS = {"id", "created", "recipe_json", "recipe_hash", "status", "message", "unit", "elapsed_s"}
+
+
+def _check_ours(db: sqlite_utils.Database, tables: set[str], path: Path) -> None:
+    """Raise TskdError unless db is a store tskd-lite made (a meta table with its schema version, a runs table with
+    its columns); nothing is read beyond that and nothing is written."""
+    version = None
+    if "meta" in tables and {"key", "value"} <= set(db["meta"].columns_dict):
+        row = db.execute("select value from meta where key = 'schema_version'").fetchone()
+        version = row[0] if row else None
+    runs_ok = "runs" in tables and _OUR_RUN_COLUMNS <= set(db["runs"].columns_dict)
+    if version is None or not runs_ok:
+        listed = ", ".join(sorted(tables)[:5]) or "none"
+        raise TskdError(
+            f"{path}: an existing SQLite database that is not a tskd-lite store (tables: {listed}); "
+            "choose another output.db"
+        )
+    if str(version) != str(SCHEMA_VERSION):
+        raise TskdError(f"{path}: schema version {version!r}, not the {SCHEMA_VERSION} this tskd-lite reads")
+
+
 def _run_info(row: dict) -> RunInfo:
     return RunInfo(row["id"], row["status"], json.loads(row["recipe_json"]), row["message"], row["unit"])
-
-
-def _take_lock(db_path: Path, what: str = "another tskd-lite run is writing to this database"):
-    lock = open(db_path.with_name(db_path.name + ".lock"), "a+")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise TskdError(f"{db_path}: locked: {what}") from None
-    return lock
-
-
-@contextmanager
-def folder_lock(run_dir: Path) -> Iterator[None]:
-    """The run folder to one writer at a time: training, evaluation and the report share its files."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = _take_lock(run_dir / "outputs", "another tskd-lite command is training, evaluating or reporting here")
-    try:
-        yield
-    finally:
-        lock.close()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tskd_lite.errors import TskdError
-from tskd_lite.recipe import Target
+from tskd_lite.recipe import SOURCE_MARKER, Target, check_cache
 
 PLAIN_TEMPLATE = "Question: {prompt}\nAnswer:"
 
@@ -29,29 +29,56 @@ def quiet_transformers() -> None:
 
 
 def hf_dir(target: Target, log=print) -> Path:
-    """A Hugging Face folder for the target; a GGUF is dequantized once and cached as safetensors."""
+    """A Hugging Face folder for the target; a GGUF is dequantized once and cached as safetensors. Processes that
+    share a target take turns (a lock beside the cache): the second finds the first's conversion and reuses it."""
     if target.model.is_dir():
         return target.model
+    from tskd_lite import locks
     from tskd_lite.gguf_meta import identity
 
     cache = target.cache_dir
+    check_cache(target, "target.cache")
     source = {"gguf": str(target.model), "identity": identity(target.model)}
-    if (cache / "config.json").is_file():
-        try:
-            made_from = json.loads((cache / "tskd_source.json").read_text())
-        except (OSError, ValueError):
-            made_from = {}
-        if made_from.get("identity") == source["identity"]:
+    if _made_from(cache) == source["identity"]:
+        return cache
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    waiting = lambda: log(f"{cache}: another process is converting this target; waiting for it")  # noqa: E731
+    with locks.held(cache, "", wait=waiting):
+        if _made_from(cache) == source["identity"]:  # converted while this process waited
             return cache
-        # a conversion of another file (or of this path before it was replaced, or of unknown origin)
-        log(f"{cache} is not a conversion of {target.model} as it is now; converting again")
-        stale = cache.with_name(cache.name + ".stale")
-        shutil.rmtree(stale, ignore_errors=True)
-        cache.rename(stale)
-        shutil.rmtree(stale)
+        check_cache(target, "target.cache")
+        _remove_leftovers(cache)
+        _convert(target, cache, source, log)
+    return cache
+
+
+def _remove_leftovers(cache: Path) -> None:
+    """Folders a killed conversion left beside the cache (each holds the marker it was made with)."""
+    for folder in [*cache.parent.glob(f".{cache.name}.part-*"), *cache.parent.glob(f".{cache.name}.old-*")]:
+        if folder.is_dir() and any((folder / m).is_file() for m in (_PART_MARKER, SOURCE_MARKER)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+_PART_MARKER = ".tskd-part"
+
+
+def _made_from(cache: Path) -> str | None:
+    try:
+        return json.loads((cache / SOURCE_MARKER).read_text()).get("identity")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _convert(target: Target, cache: Path, source: dict, log) -> None:
+    """Write the conversion into a fresh folder beside the cache, then swap it in (under the caller's lock): the
+    cache appears whole or not at all, and an old conversion is removed only after it has been moved aside."""
+    import tempfile
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if cache.exists():
+        log(f"{cache} is not a conversion of {target.model} as it is now; converting again")
     log(f"converting {target.model.name} to safetensors in {cache} (once)")
     tokenizer = AutoTokenizer.from_pretrained(target.model.parent, gguf_file=target.model.name)
     model = AutoModelForCausalLM.from_pretrained(target.model.parent, gguf_file=target.model.name, dtype=torch.float32)
@@ -59,13 +86,20 @@ def hf_dir(target: Target, log=print) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = cache.with_name(cache.name + ".part")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "tskd_source.json").write_text(json.dumps(source))
-    tmp.rename(cache)  # the cache appears whole or not at all
-    return cache
+    part = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".{cache.name}.part-"))
+    try:
+        (part / _PART_MARKER).touch()  # so that a kill's leftover is known as ours
+        model.save_pretrained(part)
+        tokenizer.save_pretrained(part)
+        (part / SOURCE_MARKER).write_text(json.dumps(source))
+        (part / _PART_MARKER).unlink()
+        if cache.exists():  # our own stale conversion (check_cache said so): aside first, then gone
+            old = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".{cache.name}.old-"))
+            cache.rename(old)
+            shutil.rmtree(old)
+        part.rename(cache)
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
 
 
 def answer_logprobs(model, head: list[int], tail: list[int]):

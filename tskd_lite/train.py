@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import shutil
 import signal
 import threading
@@ -43,14 +44,20 @@ def read_pairs(path: Path) -> list[Pair]:
         try:
             if "messages" in row:
                 turns = {m["role"]: m["content"] for m in row["messages"]}
-                pairs.append((turns["user"], turns["assistant"], None))
+                prompt, answer = turns["user"], turns["assistant"]
             else:
-                prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
-                pairs.append((prompt, row["output"], None))
+                extra = row.get("input")
+                if extra is not None and not isinstance(extra, str):
+                    raise TypeError
+                prompt, answer = row["instruction"] + (f"\n\n{extra}" if extra else ""), row["output"]
+            if not all(isinstance(text, str) and text.strip() for text in (prompt, answer)):
+                raise TypeError
         except (KeyError, TypeError, AttributeError):
             raise TskdError(
-                f"{at}: expected a chat record (user and assistant messages) or an alpaca record (instruction, output)"
+                f"{at}: expected a chat record (user and assistant messages) or an alpaca record (instruction, "
+                "output), with non-empty text"
             ) from None
+        pairs.append((prompt, answer, None))
     if not pairs:
         raise TskdError(f"dataset: {path} holds no pairs")
     return pairs
@@ -62,7 +69,36 @@ def make_teacher(data: Path, base: Path, out: Path, cfg: Train, *, progress: boo
     from tskd_lite.gguf_meta import check_gguf
 
     check_gguf(base, "--base")
-    return train(Target(model=base), cfg, out, read_pairs(data), progress=progress, log=log)
+    pairs = read_pairs(data)
+    claim_out(out, "--out")
+    return train(Target(model=base), cfg, out, pairs, progress=progress, log=log)
+
+
+# What train() writes in its folder; a folder holding any of them without the marker is someone else's.
+_OUTPUT_NAMES = ("train.json", "adapter", "merged", "adapter.gguf", "checkpoint", "checkpoint.tmp", "checkpoint.old")
+_MARKER = ".tskd-train"
+
+
+def claim_out(out: Path, where: str) -> None:
+    """Make out a training folder of tskd-lite's (a marker file), unless it holds files of the names training
+    writes that no tskd-lite training wrote: those are refused with one line naming `where`, never replaced."""
+    if (out / _MARKER).is_file():
+        return
+    if os.path.lexists(out) and not out.is_dir():
+        raise TskdError(f"{where}: {out} exists and is not a folder")
+    found = [name for name in _OUTPUT_NAMES if os.path.lexists(out / name)]
+    if found and not _legacy_ours(out):
+        raise TskdError(f"{where}: {out / found[0]} exists and no tskd-lite training wrote it; choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / _MARKER).touch()
+
+
+def _legacy_ours(out: Path) -> bool:
+    """A folder trained before the marker existed: its train.json carries the fingerprint only training writes."""
+    try:
+        return "fingerprint" in json.loads((out / "train.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def split(examples: list, val_fraction: float, seed: int) -> tuple[list, list]:
@@ -190,7 +226,7 @@ def train(target: Target, cfg: Train, out: Path, pairs: list[Pair], *, progress:
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
     quiet_transformers()
-    out.mkdir(parents=True, exist_ok=True)
+    claim_out(out, "training folder")
     target_dir = hf_dir(target, log)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
