@@ -10,12 +10,8 @@ import pytest
 from conftest import recipe_dict, write_recipe
 from test_pipeline import kill_resume_compare
 
-from tskd_lite import contrast, pipeline, recipe, select
+from tskd_lite import contrast, pipeline, select
 from tskd_lite.recipe import Select, load_recipe
-
-
-def test_the_registry_and_the_recipe_name_the_same_rules():
-    assert tuple(select.RULES) == recipe.RULES
 
 
 @pytest.mark.parametrize(

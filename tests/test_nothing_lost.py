@@ -322,3 +322,16 @@ def test_inputs_that_are_not_regular_files_are_refused_at_once(tiny, tmp_path, p
 def test_a_recipe_that_is_a_device_is_refused(tmp_path):
     line = _one_line_error(CliRunner().invoke(main, ["check", "/dev/zero"]))
     assert "/dev/zero" in line and "not a regular file" in line
+
+
+def test_make_teacher_never_writes_into_a_folder_of_the_users(tiny, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"instruction": "Say hi.", "output": "hi"}) + "\n")
+    theirs = tmp_path / "theirs"
+    (theirs / "adapter").mkdir(parents=True)
+    (theirs / "adapter" / "adapter_config.json").write_text("{}")
+    before = _tree(theirs)
+    command = ["make-teacher", str(data), "--base", str(tiny["base"]), "--out", str(theirs)]
+    line = _one_line_error(CliRunner().invoke(main, command))
+    assert "--out" in line and "adapter" in line
+    assert _tree(theirs) == before

@@ -9,17 +9,13 @@ import pytest
 from conftest import recipe_dict, write_recipe
 from test_pipeline import kill_resume_compare
 
-from tskd_lite import pipeline, recipe, strategies
+from tskd_lite import pipeline, strategies
 from tskd_lite.dedup import normalise
 from tskd_lite.engine import Engine
 from tskd_lite.errors import TskdError
 from tskd_lite.recipe import Expand, ModelSpec, load_recipe
 
 ENTITIES = ["water", "milk", "olive oil", "spider", "ant", "French", "German"]
-
-
-def test_the_registry_and_the_recipe_name_the_same_strategies():
-    assert tuple(strategies.STRATEGIES) == recipe.STRATEGIES
 
 
 def _round(pool_texts, entities, seed=0, earlier=(), answers=()):

@@ -70,6 +70,8 @@ class _Cursor:
 def read_header(path: Path, where: str) -> GGUFHeader:
     """Parse the header of a GGUF file; one-line TskdError if it is missing or not GGUF."""
     if not path.is_file():
+        if path.exists():
+            raise TskdError(f"{where}: {path} is {'a folder' if path.is_dir() else 'not a regular file'}")
         raise TskdError(f"{where}: file not found: {path}")
     buf = path.read_bytes() if path.stat().st_size < (64 << 20) else _read_prefix(path)
     if buf[:4] != b"GGUF":

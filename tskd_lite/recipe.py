@@ -23,6 +23,9 @@ from tskd_lite.chat import check_template, template_source
 from tskd_lite.errors import TskdError
 from tskd_lite.gguf_meta import check_gguf
 from tskd_lite.jsonl import check_input_file, read_eval_file, read_jsonl, read_lines
+from tskd_lite.registry import Registry
+from tskd_lite.select import RULES
+from tskd_lite.strategies import STRATEGIES
 
 # Few-shot and continued as raw text by default (paraphrase_template = "raw"): a 135M instruct model asked in its
 # chat template answers the question instead of rewriting it; continuing a list of rewrites, it rewrites.
@@ -33,10 +36,6 @@ DEFAULT_PARAPHRASE = (
     "Question: Who wrote Dune?\nRewritten: Who is the author of Dune?\n\n"
     "Question: {prompt}\nRewritten:"
 )
-# The keep rules (tskd_lite/select.py holds one per name; a test keeps the two equal).
-RULES = ("ppl_ratio", "top_fraction", "contrast", "token_gap")
-# How a round writes its candidates (tskd_lite/strategies.py holds one class per name; a test keeps the two equal).
-STRATEGIES = ("fewshot", "continue", "sample", "entities", "follow")
 DEFAULT_INSTRUCTION = (
     "Here are example questions from one dataset:\n\n{examples}\n\n"
     "Write one new question of the same kind and topic, different from every example. "
@@ -77,6 +76,11 @@ def _unit_interval(default: float, *, open_low: bool = True) -> Any:
     return _ranged(default, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
+def _registered(default: str, registry: Registry) -> Any:
+    """A name the registry holds (keep rules in select.py, strategies in strategies.py): no copied list here."""
+    return field(default=default, metadata={"ok": lambda v: v in registry, "expected": registry.expected})
+
+
 def _one_of(default: str, *choices: str) -> Any:
     return _ranged(default, lambda v: v in choices, "one of " + ", ".join(repr(c) for c in choices))
 
@@ -107,7 +111,7 @@ class Expand:
     # template (after Magpie), opened with a few words of a kept prompt or nothing; entities: every kept prompt
     # that names a listed entity is asked again about each other entity (no model writes); follow: the same, with
     # the names found in the pool's prompts and the teacher's answers (and the list, if any)
-    strategy: str = _one_of("fewshot", *STRATEGIES)
+    strategy: str = _registered("fewshot", STRATEGIES)
     # names only (a catalogue, a directory), inline or one per line in a file: what the entities strategy fills in
     entities: tuple[str, ...] = ()
     entities_file: Path | None = None
@@ -148,7 +152,7 @@ class Select:
     itself finds unlikely (degenerate or truncated output).
     """
 
-    rule: str = _one_of("ppl_ratio", *RULES)
+    rule: str = _registered("ppl_ratio", RULES)
     tau: float = _number_in(1.5, 0, 1e6, open_low=True)
     # contrast: also keep only answers whose words outside the prompt's names and numbers the teacher finds at
     # least min_contrast nats likelier with the real names than with invented ones (tskd_lite/contrast.py),
@@ -384,7 +388,8 @@ class _Builder:
             value = self.convert(hints[name], table[name], key)
             ok = f.metadata.get("ok")
             if ok is not None and value is not None and not ok(value):
-                self.fail(key, f.metadata["expected"], table[name])
+                expected = f.metadata["expected"]
+                self.fail(key, expected() if callable(expected) else expected, table[name])
             values[name] = value
         return cls(**values)
 
@@ -493,13 +498,9 @@ def _load_entities(cfg: Expand, recipe_path: Path) -> Expand:
     if cfg.entities_file is not None:
         where = f"{recipe_path}: expand.entities_file"
         names += [line.strip() for line in read_lines(cfg.entities_file, where) if line.strip()]
-    names = list(dict.fromkeys(names))
-    if cfg.strategy == "entities" and len(names) < 2:
-        raise TskdError(
-            f"{recipe_path}: expand.entities: the entities strategy needs at least two names "
-            "(expand.entities or expand.entities_file, one name per line)"
-        )
-    return dataclasses.replace(cfg, entities=tuple(names))
+    cfg = dataclasses.replace(cfg, entities=tuple(dict.fromkeys(names)))
+    STRATEGIES[cfg.strategy].check(cfg, f"{recipe_path}: expand")
+    return cfg
 
 
 def _read_seed_file(file: Path, recipe_path: Path) -> list[str]:

@@ -16,22 +16,11 @@ from tskd_lite.store import Store
 
 
 def summary(store: Store, run_id: int) -> dict:
-    db = store.db
-    run = db["runs"].get(run_id)
+    run = store.run_row(run_id)
+    gaps = store.gaps_by_round(run_id)
     rounds = []
-    for (round_,) in db.execute("select distinct round from prompts where run_id = ? order by round", [run_id]):
-        counts = dict(
-            db.execute(
-                "select status, count(*) from prompts where run_id = ? and round = ? group by status", [run_id, round_]
-            ).fetchall()
-        )
-        gaps = [
-            r[0]
-            for r in db.execute(
-                "select s.gap from scores s join prompts p on p.id = s.prompt_id where p.run_id = ? and p.round = ?",
-                [run_id, round_],
-            )
-        ]
+    for round_ in store.rounds_of(run_id):
+        counts = store.status_counts(run_id, round_)
         selected = store.round_selected(run_id, round_)
         paraphrased = store.round_selected(run_id, round_, "paraphrases")
         kept = None if selected is None else selected["n_kept"] + (paraphrased["n_kept"] if paraphrased else 0)
@@ -43,36 +32,28 @@ def summary(store: Store, run_id: int) -> dict:
                 "paraphrases_kept": None if paraphrased is None else paraphrased["n_kept"],
                 "duplicates": counts.get("duplicate", 0),
                 "empty": counts.get("empty", 0),
-                "scored": len(gaps),
+                "scored": len(gaps.get(round_, [])),
                 "kept": kept,
-                "gap": _quantiles(gaps),
+                "gap": _quantiles(gaps.get(round_, [])),
             }
         )
-    gen = db.execute(
-        """select coalesce(sum(gen_tokens), 0), coalesce(sum(gen_seconds), 0) from prompts where run_id = ?
-           union all
-           select coalesce(sum(a.n_tokens), 0), coalesce(sum(a.seconds), 0) from answers a
-           join prompts p on p.id = a.prompt_id where p.run_id = ?""",
-        [run_id, run_id],
-    ).fetchall()
-    score = db.execute(
-        """select coalesce(sum(s.decoded_tokens), 0), coalesce(sum(s.seconds), 0) from scores s
-           join prompts p on p.id = s.prompt_id where p.run_id = ?""",
-        [run_id],
-    ).fetchone()
-    pool = db.execute("select count(*) from prompts where run_id = ? and status = 'new'", [run_id]).fetchone()[0]
-    gen_tokens, gen_seconds = sum(g[0] for g in gen), sum(g[1] for g in gen)
+    gen_tokens, gen_seconds = store.generation_totals(run_id)
+    score_tokens, score_seconds = store.scoring_totals(run_id)
     return {
         "run_id": run_id,
         "status": run["status"],
         "message": run["message"],
         "unit": run["unit"],
         "elapsed_s": run["elapsed_s"],
-        "pool": pool,
+        "pool": store.pool_size(run_id),
         "kept": sum(r["kept"] or 0 for r in rounds),
         "rounds": rounds,
         "generation": {"tokens": gen_tokens, "seconds": gen_seconds, "tokens_per_s": _rate(gen_tokens, gen_seconds)},
-        "scoring": {"tokens": score[0], "seconds": score[1], "tokens_per_s": _rate(score[0], score[1])},
+        "scoring": {
+            "tokens": score_tokens,
+            "seconds": score_seconds,
+            "tokens_per_s": _rate(score_tokens, score_seconds),
+        },
     }
 
 
@@ -118,16 +99,6 @@ def format_summary(s: dict) -> str:
 # -- the run report: dataset, training and evaluation side by side ----------------------------------------
 
 
-def _gaps_by_round(store: Store, run_id: int) -> dict[int, list[float]]:
-    out: dict[int, list[float]] = {}
-    for round_, g in store.db.execute(
-        "select p.round, s.gap from scores s join prompts p on p.id = s.prompt_id where p.run_id = ? order by p.round",
-        [run_id],
-    ):
-        out.setdefault(round_, []).append(g)
-    return out
-
-
 def write_report(run_dir: Path) -> Path:
     """Rebuild report.json, report.md and the PNG plots in run_dir from the store and the stage outputs."""
     info_path = run_dir / "run.json"
@@ -141,7 +112,7 @@ def _write_report(run_dir: Path, info: dict) -> Path:
     with Store.read(Path(info["db"])) as store:
         run_id = store.get_run(info.get("run_id")).id  # None: the latest (a folder trained before any `run`)
         dataset = summary(store, run_id)
-        gaps = _gaps_by_round(store, run_id)
+        gaps = store.gaps_by_round(run_id)
     train = _read_json(run_dir / "train" / "train.json")
     evaluation = _read_json(run_dir / "eval.json")
     rows = [{k: v for k, v in r.items() if k != "predictions"} for r in (evaluation or {}).get("rows", [])]

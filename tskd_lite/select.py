@@ -6,10 +6,14 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tskd_lite.recipe import Select
+from tskd_lite.registry import Registry
+
+if TYPE_CHECKING:  # the recipe checks rule names against RULES: no import of it here at run time
+    from tskd_lite.recipe import Select
 
 
 @dataclass(frozen=True)
@@ -18,7 +22,9 @@ class Rule:
 
     fails: Callable[[dict, Select], str | None]
     rank: Callable[[dict], float]
-    needs_contrast: bool = False  # the pipeline measures contrast (tskd_lite/contrast.py) before selecting
+    # measurements the pipeline takes before selecting, by name (pipeline.MEASUREMENTS: "contrast" is
+    # tskd_lite/contrast.py's), beside the teacher and base scores every rule has
+    needs: tuple[str, ...] = ()
     describe: Callable[[dict], str] = lambda row: f"PPL ratio {math.exp(row['gap']):.3g}"  # an eligible row's reason
 
 
@@ -53,17 +59,18 @@ def _token_fails(row: dict, rule: Select) -> str | None:
     return None
 
 
-RULES = {
-    "ppl_ratio": Rule(_ratio_fails, lambda row: row["gap"]),
-    "top_fraction": Rule(lambda row, rule: None, lambda row: row["gap"]),
-    "contrast": Rule(
+RULES: Registry[Rule] = Registry("keep rule")
+RULES.register("ppl_ratio")(Rule(_ratio_fails, lambda row: row["gap"]))
+RULES.register("top_fraction")(Rule(lambda row, rule: None, lambda row: row["gap"]))
+RULES.register("contrast")(
+    Rule(
         _contrast_fails,
         lambda row: row["contrast"],
-        needs_contrast=True,
+        needs=("contrast",),
         describe=lambda row: f"PPL ratio {math.exp(row['gap']):.3g}, contrast {row['contrast']:.3g}",
-    ),
-    "token_gap": Rule(_token_fails, _token_lift),
-}
+    )
+)
+RULES.register("token_gap")(Rule(_token_fails, _token_lift))
 
 
 def decide(scored: list[dict], rule: Select) -> list[tuple[bool, str]]:

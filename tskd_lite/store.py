@@ -21,8 +21,8 @@ import sqlite_utils
 
 from tskd_lite import locks
 from tskd_lite.errors import TskdError
+from tskd_lite.migrations import SCHEMA_VERSION, migrate
 
-SCHEMA_VERSION = 1
 STAGE_TABLES = {"candidates": "rounds", "paraphrases": "paraphrase_rounds"}
 
 
@@ -98,98 +98,8 @@ class Store:
             yield
 
     def _create(self) -> None:
-        db = self.db
         with self.transaction():
-            db["meta"].insert({"key": "schema_version", "value": SCHEMA_VERSION}, pk="key", ignore=True)
-            db["runs"].create(
-                {
-                    "id": int,
-                    "created": float,
-                    "recipe_path": str,
-                    "recipe_text": str,
-                    "recipe_json": str,
-                    "recipe_hash": str,
-                    "unit": str,
-                    "status": str,
-                    "message": str,
-                    "elapsed_s": float,
-                },
-                pk="id",
-                if_not_exists=True,
-            )
-            if "models" not in db["runs"].columns_dict:  # stores from before model identities were recorded
-                db["runs"].add_column("models", str)
-            db["prompts"].create(
-                {
-                    "id": int,
-                    "run_id": int,
-                    "round": int,
-                    "idx": int,
-                    "text": str,
-                    "norm": str,
-                    "source": str,
-                    "fewshot_ids": str,
-                    "status": str,
-                    "dup_of": int,
-                    "gen_tokens": int,
-                    "gen_seconds": float,
-                },
-                pk="id",
-                foreign_keys=[("run_id", "runs", "id")],
-                if_not_exists=True,
-            )
-            db["prompts"].create_index(["run_id", "round", "idx"], unique=True, if_not_exists=True)
-            # columns added since the first schema (older stores gain them empty)
-            for column, kind in (("parent_id", int), ("strategy", str), ("inputs", str)):
-                if column not in db["prompts"].columns_dict:
-                    db["prompts"].add_column(column, kind)
-            db["answers"].create(
-                {"prompt_id": int, "text": str, "n_tokens": int, "finish_reason": str, "seconds": float},
-                pk="prompt_id",
-                foreign_keys=[("prompt_id", "prompts", "id")],
-                if_not_exists=True,
-            )
-            db["scores"].create(
-                {
-                    "prompt_id": int,
-                    "unit": str,
-                    "n_units": int,
-                    "n_tokens": int,
-                    "teacher_nll": float,
-                    "base_nll": float,
-                    "gap": float,
-                    "teacher_ppl": float,
-                    "base_ppl": float,
-                    "teacher_logprobs": str,
-                    "teacher_byte_ends": str,
-                    "base_logprobs": str,
-                    "decoded_tokens": int,
-                    "seconds": float,
-                },
-                pk="prompt_id",
-                foreign_keys=[("prompt_id", "prompts", "id")],
-                if_not_exists=True,
-            )
-            db["contrasts"].create(
-                {"prompt_id": int, "contrast": float, "swapped": str, "seconds": float},
-                pk="prompt_id",
-                foreign_keys=[("prompt_id", "prompts", "id")],
-                if_not_exists=True,
-            )
-            db["selections"].create(
-                {"prompt_id": int, "run_id": int, "round": int, "kept": int, "reason": str},
-                pk="prompt_id",
-                foreign_keys=[("prompt_id", "prompts", "id")],
-                if_not_exists=True,
-            )
-            # One completion mark per round and stage: "candidates" (the round's new prompts) and "paraphrases"
-            # (the rephrasings of the prompts the first stage kept), each selected once.
-            for table in STAGE_TABLES.values():
-                db[table].create(
-                    {"run_id": int, "round": int, "n_kept": int, "selected_at": float},
-                    pk=("run_id", "round"),
-                    if_not_exists=True,
-                )
+            migrate(self.db)
 
     # runs -----------------------------------------------------------------------------------------------
 
@@ -352,7 +262,7 @@ class Store:
 
     def add_scores(self, rows: list[dict]) -> None:
         with self.transaction():
-            self.db["scores"].insert_all(rows, alter=True)  # databases from before a new column gain it
+            self.db["scores"].insert_all(rows)
 
     def scored(self, run_id: int, round_: int) -> list[dict]:
         # a store from before contrasts, opened read-only, has no such table to join
@@ -411,6 +321,56 @@ class Store:
                 [run_id],
             )
         )
+
+    # what status and the report read ----------------------------------------------------------------------
+
+    def run_row(self, run_id: int) -> dict:
+        return self.db["runs"].get(run_id)
+
+    def rounds_of(self, run_id: int) -> list[int]:
+        return [
+            r[0]
+            for r in self.db.execute("select distinct round from prompts where run_id = ? order by round", [run_id])
+        ]
+
+    def status_counts(self, run_id: int, round_: int) -> dict[str, int]:
+        """How many of the round's prompts are new, duplicate, empty or drifted."""
+        sql = "select status, count(*) from prompts where run_id = ? and round = ? group by status"
+        return dict(self.db.execute(sql, [run_id, round_]).fetchall())
+
+    def gaps_by_round(self, run_id: int) -> dict[int, list[float]]:
+        out: dict[int, list[float]] = {}
+        sql = (
+            "select p.round, s.gap from scores s join prompts p on p.id = s.prompt_id where p.run_id = ? "
+            "order by p.round"
+        )
+        for round_, gap in self.db.execute(sql, [run_id]):
+            out.setdefault(round_, []).append(gap)
+        return out
+
+    def pool_size(self, run_id: int) -> int:
+        return self.db.execute("select count(*) from prompts where run_id = ? and status = 'new'", [run_id]).fetchone()[
+            0
+        ]
+
+    def generation_totals(self, run_id: int) -> tuple[int, float]:
+        """Tokens written and seconds spent writing them: prompts and the teacher's answers."""
+        rows = self.db.execute(
+            """select coalesce(sum(gen_tokens), 0), coalesce(sum(gen_seconds), 0) from prompts where run_id = ?
+               union all
+               select coalesce(sum(a.n_tokens), 0), coalesce(sum(a.seconds), 0) from answers a
+               join prompts p on p.id = a.prompt_id where p.run_id = ?""",
+            [run_id, run_id],
+        ).fetchall()
+        return sum(r[0] for r in rows), sum(r[1] for r in rows)
+
+    def scoring_totals(self, run_id: int) -> tuple[int, float]:
+        row = self.db.execute(
+            """select coalesce(sum(s.decoded_tokens), 0), coalesce(sum(s.seconds), 0) from scores s
+               join prompts p on p.id = s.prompt_id where p.run_id = ?""",
+            [run_id],
+        ).fetchone()
+        return row[0], row[1]
 
 
 # What makes a database a tskd-lite store: a table of another program that happens to be called "runs" is not one.

@@ -3,7 +3,7 @@
 A strategy turns a round's item indices into Asks: a finished prompt (no model writes it) or text for a model to
 continue, whose first line is the prompt, with what the ask was made from (recorded in the store). A strategy
 reads only what the store held before its round began, so a round resumed halfway plans the same candidates.
-Adding one means a class here and its name in `recipe.STRATEGIES`; the pipeline's loop does not change.
+Adding one means a class here registered under its name; the recipe and the pipeline's loop do not change.
 """
 
 from __future__ import annotations
@@ -12,13 +12,20 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tskd_lite import expand
 from tskd_lite.contrast import key_spans
 from tskd_lite.dedup import normalise
-from tskd_lite.recipe import Expand
+from tskd_lite.errors import TskdError
+from tskd_lite.registry import Registry
+
+if TYPE_CHECKING:  # the recipe checks strategy names against STRATEGIES: no import of it here at run time
+    from tskd_lite.recipe import Expand
+
+STRATEGIES: Registry[type] = Registry("strategy")
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,7 @@ class Round:
     user_prefix: Callable[[], str]
 
 
+@STRATEGIES.register("fewshot")
 class Fewshot:
     """The paper's: the generator, in its chat template, is shown k examples and asked for a new prompt."""
 
@@ -52,6 +60,10 @@ class Fewshot:
 
     def __init__(self, r: Round) -> None:
         self.r = r
+
+    @classmethod
+    def check(cls, cfg: Expand, where: str) -> None:
+        """The strategy's own load-time check of [expand] (TskdError naming the key); most need none."""
 
     def count(self) -> int:
         return self.r.cfg.candidates_per_round
@@ -67,6 +79,7 @@ class Fewshot:
         return Ask(rendered=self.r.render(text), sources=_ids(examples))
 
 
+@STRATEGIES.register("continue")
 class Continue(Fewshot):
     """The generator continues a plain-text list of k examples: no chat template, no request to follow, so an
     instruct model small enough to answer a request instead of following it still writes one more item."""
@@ -76,6 +89,7 @@ class Continue(Fewshot):
         return Ask(rendered="".join(f"- {ex['text']}\n" for ex in examples) + "-", sources=_ids(examples))
 
 
+@STRATEGIES.register("sample")
 class Sample(Fewshot):
     """The teacher writes a user turn itself from its bare chat template (Magpie, Xu et al. 2025): what it was
     tuned on is what it is likely to ask. Half the items start with nothing; the others with the first one to
@@ -93,6 +107,7 @@ class Sample(Fewshot):
         return Ask(rendered=prefix + lead, lead=lead, sources=(example["id"],), inputs={"opening": lead})
 
 
+@STRATEGIES.register("entities")
 class Entities:
     """Every prompt of the few-shot pool that names a listed entity, asked again about each other entity
     (templates x entities): from a list of names only, without their facts, the pool reaches every entity the
@@ -103,6 +118,14 @@ class Entities:
 
     def __init__(self, r: Round) -> None:
         self.r = r
+
+    @classmethod
+    def check(cls, cfg: Expand, where: str) -> None:
+        if len(cfg.entities) < 2:
+            raise TskdError(
+                f"{where}.entities: the entities strategy needs at least two names "
+                "(expand.entities or expand.entities_file, one name per line)"
+            )
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -134,6 +157,7 @@ class Entities:
         return Ask(prompt=text, sources=(source,), inputs={"entity": entity})
 
 
+@STRATEGIES.register("follow")
 class Follow(Entities):
     """Entities without a list, or beyond it: the names are found in the pool's prompts and in the teacher's
     answers to them (runs of capitalised words; tskd_lite/contrast.py's reading of a name), so each round asks
@@ -141,6 +165,10 @@ class Follow(Entities):
     alone it reaches every entity the seeds name, and, where facts name other entities, the entities those name,
     round by round. Names that are not the kind a form asks about ("Where does <a town> live?") make nonsense
     prompts: pair it with a keep rule that rejects guessing (select.rule = "contrast")."""
+
+    @classmethod
+    def check(cls, cfg: Expand, where: str) -> None:
+        """A list is optional here: without one the names come from the pool and the answers."""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -155,9 +183,6 @@ def _names(text: str) -> list[str]:
     if names and text.startswith(names[0]) and " " not in names[0]:
         names = names[1:]
     return names
-
-
-STRATEGIES = {"fewshot": Fewshot, "continue": Continue, "sample": Sample, "entities": Entities, "follow": Follow}
 
 
 def _ids(rows: list[dict]) -> tuple[int, ...]:
