@@ -259,8 +259,20 @@ def _model_identities(recipe: Recipe) -> dict[str, str]:
     return {key: gguf_meta.identity(path) for key, path in recipe.model_files().items()}
 
 
+@dataclass
+class _Run:
+    """What every stage of a run works with: one object instead of the same seven arguments at each call."""
+
+    recipe: Recipe
+    store: Store
+    run_id: int
+    models: _Models
+    pool: Pool  # the near-duplicate index over every new prompt so far
+    unit: str  # "token" or "byte": how gaps are measured
+    progress: bool
+
+
 def _rounds(store: Store, run_id: int, recipe: Recipe, models: _Models, progress: bool, log: Log) -> tuple[str, str]:
-    unit = store.get_run(run_id).unit
     if not store.prompts(run_id, where="round = 0"):
         store.insert_prompts(
             {
@@ -278,12 +290,13 @@ def _rounds(store: Store, run_id: int, recipe: Recipe, models: _Models, progress
     pool = Pool(recipe.dedup.near_threshold)
     for p in store.prompts(run_id, where="status = 'new'"):
         pool.add(p["id"], p["norm"])
+    ctx = _Run(recipe, store, run_id, models, pool, store.get_run(run_id).unit, progress)
 
     kept_total = 0
     for round_ in range(recipe.expand.rounds + 1):
-        if round_ > 0 and _expand(store, run_id, round_, recipe, models, pool, progress) == 0:
+        if round_ > 0 and _expand(ctx, round_) == 0:
             return "done", f"the {recipe.expand.strategy} strategy has no new prompts for round {round_}"
-        n_kept, n_scored = _settle(store, run_id, round_, "candidates", recipe, models, unit, progress)
+        n_kept, n_scored = _settle(ctx, round_, "candidates")
         kept_total += n_kept
         log(f"round {round_}: kept {n_kept} of {n_scored} scored pairs (total kept {kept_total})")
         if n_kept == 0:
@@ -292,8 +305,8 @@ def _rounds(store: Store, run_id: int, recipe: Recipe, models: _Models, progress
                 "raise expand.candidates_per_round or give other seeds"
             )
         if recipe.expand.paraphrases:
-            _paraphrase(store, run_id, round_, recipe, models, pool, progress)
-            n_kept, n_scored = _settle(store, run_id, round_, "paraphrases", recipe, models, unit, progress)
+            _paraphrase(ctx, round_)
+            n_kept, n_scored = _settle(ctx, round_, "paraphrases")
             kept_total += n_kept
             log(f"round {round_}: kept {n_kept} of {n_scored} scored paraphrases (total kept {kept_total})")
         if kept_total >= recipe.expand.target_kept:
@@ -301,16 +314,14 @@ def _rounds(store: Store, run_id: int, recipe: Recipe, models: _Models, progress
     return "done", f"kept {kept_total} pairs after the round limit ({recipe.expand.rounds})"
 
 
-def _settle(
-    store: Store, run_id: int, round_: int, stage: str, recipe: Recipe, models: _Models, unit: str, progress: bool
-) -> tuple[int, int]:
-    """respond -> score -> select for one stage of a round; returns (kept, scored) of that stage."""
-    _respond(store, run_id, round_, recipe, models, progress)
-    _score(store, run_id, round_, unit, models, progress, recipe.parallel)
-    for need in RULES[recipe.select.rule].needs:
-        MEASUREMENTS[need](store, run_id, round_, recipe, models, progress)
-    selected = store.round_selected(run_id, round_, stage) or _select(store, run_id, round_, recipe, stage)
-    n_scored = sum(_in_stage(s["source"], stage) for s in store.scored(run_id, round_))
+def _settle(c: _Run, round_: int, stage: str) -> tuple[int, int]:
+    """respond -> score -> (the rule's measurements) -> select for one stage of a round; returns (kept, scored)."""
+    _respond(c, round_)
+    _score(c, round_)
+    for need in RULES[c.recipe.select.rule].needs:
+        MEASUREMENTS[need](c, round_)
+    selected = c.store.round_selected(c.run_id, round_, stage) or _select(c, round_, stage)
+    n_scored = sum(_in_stage(s["source"], stage) for s in c.store.scored(c.run_id, round_))
     return selected["n_kept"], n_scored
 
 
@@ -326,11 +337,13 @@ def _groups(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _expand(store: Store, run_id: int, round_: int, recipe: Recipe, models: _Models, pool: Pool, progress: bool) -> int:
+def _expand(c: _Run, round_: int) -> int:
     """Write the round's candidates with the recipe's strategy, a group at a time, each group committed whole;
     returns how many the round has (a strategy may run out: entities once every name was asked)."""
+    store, run_id, recipe, models = c.store, c.run_id, c.recipe, c.models
+    pool, progress = c.pool, c.progress
     cfg = recipe.expand
-    strategy = _strategy(store, run_id, round_, recipe, models)
+    strategy = _strategy(c, round_)
     total, start = strategy.count(), store.next_idx(run_id, round_)
     if start >= total:
         return total
@@ -363,8 +376,9 @@ def _expand(store: Store, run_id: int, round_: int, recipe: Recipe, models: _Mod
     return total
 
 
-def _strategy(store: Store, run_id: int, round_: int, recipe: Recipe, models: _Models):
+def _strategy(c: _Run, round_: int):
     """The recipe's strategy over what the store held before this round (so a resumed round plans alike)."""
+    store, run_id, recipe, models = c.store, c.run_id, c.recipe, c.models
     writer = STRATEGIES[recipe.expand.strategy].writer
     engine = (lambda: getattr(models, writer)) if writer else None
     return STRATEGIES[recipe.expand.strategy](
@@ -381,13 +395,13 @@ def _strategy(store: Store, run_id: int, round_: int, recipe: Recipe, models: _M
     )
 
 
-def _paraphrase(
-    store: Store, run_id: int, round_: int, recipe: Recipe, models: _Models, pool: Pool, progress: bool
-) -> None:
+def _paraphrase(c: _Run, round_: int) -> None:
     """k rephrasings of each prompt the round kept, written by the base (or the generator); rewrites that lost a
     name or number are recorded as drifted, near duplicates (of the original too) as duplicates. Items are
     (kept prompt, j) in a fixed order and each group is committed whole, so a resume continues at the first
     missing item with the same seeds."""
+    store, run_id, recipe, models = c.store, c.run_id, c.recipe, c.models
+    pool, progress = c.pool, c.progress
     cfg = recipe.expand
     todo = [(parent, j) for parent in store.kept_in_round(run_id, round_) for j in range(cfg.paraphrases)]
     done = store.count_paraphrases(run_id, round_)
@@ -467,7 +481,9 @@ def _ids(ids) -> str:
     return "[" + ",".join(str(i) for i in ids) + "]"
 
 
-def _respond(store: Store, run_id: int, round_: int, recipe: Recipe, models: _Models, progress: bool) -> None:
+def _respond(c: _Run, round_: int) -> None:
+    store, run_id, recipe, models = c.store, c.run_id, c.recipe, c.models
+    progress = c.progress
     todo = store.unanswered(run_id, round_)
     if not todo:
         return
@@ -498,7 +514,9 @@ def _respond(store: Store, run_id: int, round_: int, recipe: Recipe, models: _Mo
             bar.update(len(group))
 
 
-def _score(store: Store, run_id: int, round_: int, unit: str, models: _Models, progress: bool, parallel: int) -> None:
+def _score(c: _Run, round_: int) -> None:
+    store, run_id, recipe, models = c.store, c.run_id, c.recipe, c.models
+    unit, progress, parallel = c.unit, c.progress, recipe.parallel
     todo = [row for row in store.unscored(run_id, round_) if row["answer"]]
     if not todo:
         return
@@ -510,9 +528,11 @@ def _score(store: Store, run_id: int, round_: int, unit: str, models: _Models, p
             bar.update(len(group))
 
 
-def _contrast(store: Store, run_id: int, round_: int, recipe: Recipe, models: _Models, progress: bool) -> None:
+def _contrast(c: _Run, round_: int) -> None:
     """The teacher scores each scored pair again with the prompt's names and numbers swapped for invented ones
     (tskd_lite/contrast.py); one contrast per pair, committed a group at a time."""
+    store, run_id, recipe, models = c.store, c.run_id, c.recipe, c.models
+    progress = c.progress
     todo = store.uncontrasted(run_id, round_)
     if not todo:
         return
@@ -553,7 +573,8 @@ def _contrast(store: Store, run_id: int, round_: int, recipe: Recipe, models: _M
 MEASUREMENTS = {"contrast": _contrast}
 
 
-def _select(store: Store, run_id: int, round_: int, recipe: Recipe, stage: str) -> dict:
+def _select(c: _Run, round_: int, stage: str) -> dict:
+    store, run_id, recipe = c.store, c.run_id, c.recipe
     scored = [s for s in store.scored(run_id, round_) if _in_stage(s["source"], stage)]
     rows = [
         {"prompt_id": s["prompt_id"], "run_id": run_id, "round": round_, "kept": int(keep), "reason": reason}
