@@ -54,8 +54,8 @@ dates: setup
 
 # Does the knowledge move? The default arms x 3 seeds on both domains: bench/transfer-results.md and -dates.md
 transfer-bench: models world dates
-    {{bin}}/python bench/transfer.py --domain world=data/world
-    {{bin}}/python bench/transfer.py --domain dates=data/dates --results bench/transfer-results-dates \
+    {{bin}}/python -m bench.transfer --domain world=data/world
+    {{bin}}/python -m bench.transfer --domain dates=data/dates --results bench/transfer-results-dates \
         --arms seeds_only no_selection full oracle
 
 # Kill harness: 50 runs killed at random moments, resumed, compared with an uninterrupted run (bench/chaos.md)
@@ -64,7 +64,7 @@ chaos: setup
 
 # The oracle's learning curve over pairs x steps on both domains: the training budget the arms get (--pairs, --steps)
 transfer-curve: models world dates
-    {{bin}}/python bench/transfer.py --curve --domain world=data/world --domain dates=data/dates
+    {{bin}}/python -m bench.transfer --curve --domain world=data/world --domain dates=data/dates
 
 # Fine-tune SmolLM2 on the invented world into the teacher (cached in runs/world/teacher)
 world-teacher: models world

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import recipe_dict, write_recipe
 from tinymodels import write_tiny_llama
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import transfer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))  # facts, evals_domain
+sys.path.insert(0, str(ROOT))
+from bench import transfer  # noqa: E402
+from bench.transfer import arms  # noqa: E402
+from bench.transfer.cache import Layout  # noqa: E402
 
 RAW = "{{ messages[0]['content'] }}"
 
@@ -51,7 +58,7 @@ def test_quick_mode_runs_every_arm_and_resumes_from_its_cache(tiny, tmp_path):
     args = ["--quick", "--quiet", "--recipe", str(recipe), "--work", str(tmp_path / "work")]
     domain_dir = _domain(tmp_path / "sums", tiny["base"])
     args += ["--domain", f"sums={domain_dir}", "--arms", *transfer.ARMS]
-    settings = {"eval_limit": 16, "quick": False, "teacher_epochs": 2, "teacher_patience": 1, "teacher_lr": 1e-3}
+    settings = transfer.Settings(seeds=[0], eval_limit=16, teacher_epochs=2, teacher_patience=1, teacher_lr=1e-3)
     loaded = transfer.Domain("sums", domain_dir, recipe, tmp_path / "work", settings, False).recipe
     assert loaded.generator.chat_template == RAW and loaded.expand.instruction == "{examples}\n-"
     assert loaded.generator.model == tiny["base"]
@@ -94,6 +101,7 @@ def test_quick_mode_runs_every_arm_and_resumes_from_its_cache(tiny, tmp_path):
     assert domain["reachable"]["entity list"] == 1.0
     assert domain["reachable"]["seeds"] < domain["reachable"]["entities pool"]
     md = (tmp_path / "work" / "transfer-results.md").read_text()
+    assert md.startswith("# Transfer benchmark\n\n`python -m bench.transfer --quick --quiet --recipe ")
     assert "target: full" in md and "chance" in md and "Recovered" in md
     # the headline, per seed, from the references: (arm - floor) / (teacher - floor)
     floor = max(refs["chance"]["contains"], refs["target_before"]["contains"])
@@ -127,7 +135,7 @@ def test_quick_mode_runs_every_arm_and_resumes_from_its_cache(tiny, tmp_path):
 def test_choose_budget_takes_the_cheapest_that_meets_the_aim_on_every_domain():
     def point(pairs, steps, value):
         b = transfer.Budget(pairs, steps, 16, 1e-3)
-        return {"budget": b.key, "settings": transfer.dataclasses.asdict(b), "recovered": {"mean": value}}
+        return {"budget": b.key, "settings": dataclasses.asdict(b), "recovered": {"mean": value}}
 
     world = {"points": [point(48, 24, 0.9), point(96, 24, 0.95), point(48, 72, 0.95)]}
     dates = {"points": [point(48, 24, 0.5), point(96, 24, 0.85), point(48, 72, 0.9)]}
@@ -135,6 +143,119 @@ def test_choose_budget_takes_the_cheapest_that_meets_the_aim_on_every_domain():
     assert choice["met"] and choice["settings"]["pairs"] == 96 and choice["settings"]["steps"] == 24
     missed = transfer.choose_budget([world, dates], 0.99)
     assert not missed["met"] and missed["worst_domain"] == 0.9 and missed["settings"]["steps"] == 72
+
+
+def test_each_arm_is_one_registered_entry_and_the_readme_and_help_are_made_from_them():
+    # the arms, the defaults and the pools' order as they were before the registry (results and caches rely on them)
+    assert transfer.ARMS == (
+        "seeds_only", "no_selection", "one_round", "full", "token_level", "oracle", "full_aug", "oracle_aug",
+        "entities", "sample", "full_contrast", "entities_contrast", "follow_contrast",
+    )  # fmt: skip
+    assert transfer.DEFAULT_ARMS == (
+        "seeds_only", "no_selection", "full", "oracle", "entities", "entities_contrast", "follow_contrast",
+    )  # fmt: skip
+    assert transfer.POOLS == (
+        "full", "no_selection", "one_round", "full_aug", "entities", "sample", "full_contrast", "entities_contrast",
+        "follow_contrast",
+    )  # fmt: skip
+    assert {a: arms.REGISTRY[a].pool for a in ("seeds_only", "token_level", "oracle", "oracle_aug")} == {
+        "seeds_only": "full", "token_level": "full", "oracle": None, "oracle_aug": None,
+    }  # fmt: skip
+    assert arms.pools_of(["oracle", "entities", "seeds_only"]) == ["full", "entities"]
+    assert [a for a in transfer.ARMS if arms.REGISTRY[a].needs_entities] == ["entities", "entities_contrast"]
+    readme = (ROOT / "README.md").read_text()
+    assert arms.readme_table() in readme, "README's arms table is out of date; it should read:\n" + arms.readme_table()
+    # --help from the repository root, the way the justfile runs the benchmark
+    help_text = subprocess.run(
+        [sys.executable, "-m", "bench.transfer", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert arms.help_text() in help_text
+
+
+def test_pool_overrides_and_cache_paths_are_those_the_cached_runs_were_made_with(tmp_path):
+    """Every pool's recipe changes and every cache path, as bench/transfer.py computed them: runs/transfer holds
+    hours of steps found by these paths, and a pool's changes are part of what its store resumes against."""
+    expand = SimpleNamespace(rounds=3, candidates_per_round=16)
+    domain = SimpleNamespace(
+        recipe=SimpleNamespace(expand=expand), settings=transfer.Settings(seeds=[0]), folder=tmp_path / "world"
+    )
+    every = {"target_kept": 1 << 30}
+    entities = {**every, "strategy": "entities", "entities_file": str(tmp_path / "world" / "entities.txt")}
+    contrast = {"select": {"rule": "contrast"}}
+    expected = {
+        "full": {"expand": every},
+        "no_selection": {"expand": every, "select": {"rule": "ppl_ratio", "tau": 1e-9, "top_fraction": 1.0}},
+        "one_round": {"expand": {**every, "rounds": 1, "candidates_per_round": 48}},
+        "full_aug": {"expand": {**every, "paraphrases": 2}},
+        "entities": {"expand": entities},
+        "sample": {"expand": {**every, "strategy": "sample"}},
+        "full_contrast": {"expand": every} | contrast,
+        "entities_contrast": {"expand": entities} | contrast,
+        "follow_contrast": {"expand": {**every, "strategy": "follow"}} | contrast,
+    }
+    assert {pool: arms.REGISTRY[pool].overrides(domain) for pool in transfer.POOLS} == expected
+    with pytest.raises(NotImplementedError):
+        arms.REGISTRY["oracle"].overrides(domain)
+
+    budget = transfer.Budget(144, 72, 16, 1e-3)
+    root = Path("runs/transfer/world/teacher-e12-p2-lr0.001")
+    plain = Layout(Path("runs/transfer/world"), transfer.Settings(seeds=[0]))
+    assert plain.teacher_adapter == root / "teacher" / "adapter.gguf"
+    assert plain.references == root / "references-n48.json"
+    assert plain.pool_db("full", 1) == root / "seed1" / "full" / "pool.db"
+    assert plain.oracle_pool(2, 144) == root / "seed2" / "oracle_aug-p144"
+    assert plain.train_dir("oracle", 0, budget) == root / "seed0" / "oracle" / "train-p144-s72-r16-lr0.001"
+    assert plain.result("oracle", 0, budget) == root / "seed0" / "oracle" / "result-p144-s72-r16-lr0.001-n48.json"
+    c24 = Layout(Path("runs/transfer/world"), transfer.Settings(seeds=[0], candidates=24))
+    assert c24.pool_db("entities", 0) == root / "seed0" / "entities-c24" / "pool.db"
+    assert c24.result("entities", 0, budget) == root / "seed0" / "entities-c24" / "result-p144-s72-r16-lr0.001-n48.json"
+    quick = Layout(Path("w/sums"), transfer.Settings(seeds=[0, 1]).quick_mode())
+    assert quick.root == Path("w/sums/teacher-e2-p2-lr0.001") and quick.variant == "-c8"
+    # the settings as results record them: rounds only with --quick, the curve's extra grid never
+    assert list(transfer.Settings(seeds=[0]).as_json()) == [
+        "seeds", "pairs", "steps", "eval_limit", "teacher_epochs", "teacher_patience", "teacher_lr", "quick",
+        "curve_pairs", "curve_steps", "aim", "paraphrases", "candidates", "rank", "lr",
+    ]  # fmt: skip
+    assert transfer.Settings(seeds=[0, 1]).quick_mode().as_json()["rounds"] == 2
+
+
+def test_an_arm_is_registered_with_its_name_description_and_default(monkeypatch):
+    monkeypatch.setattr(arms, "REGISTRY", dict(arms.REGISTRY))  # a new arm here stays in this test
+
+    @arms.register
+    class SampleContrast(arms.Sample):
+        name = "sample_contrast"
+        description = "sample's recipe with the contrast keep rule"
+        default = False
+
+        def overrides(self, domain):
+            return super().overrides(domain) | arms.CONTRAST
+
+    assert arms.REGISTRY["sample_contrast"].pool == "sample_contrast"
+    assert "| sample_contrast | sample's recipe with the contrast keep rule |" in arms.readme_table()
+    with pytest.raises(TypeError, match="registered twice"):
+        arms.register(SampleContrast)
+    with pytest.raises(TypeError, match="states its default"):  # never inherited: each arm says whether it runs
+
+        @arms.register
+        class Undecided(arms.Full):
+            name = "undecided"
+            description = "full again"
+
+    with pytest.raises(TypeError, match="trains on it"):
+
+        @arms.register
+        class Muddled(arms.Arm):
+            name, description, default, pool = "muddled", "grows one pool, trains on another", False, "full"
+
+            def overrides(self, domain):
+                return {}
+
+    with pytest.raises(TypeError, match="draws its own pairs"):
+
+        @arms.register
+        class Empty(arms.Arm):
+            name, description, default = "empty", "no pool and no pairs", False
 
 
 def test_fact_measures_tell_true_wrong_and_unnamed_pairs_apart(tmp_path):

@@ -1,0 +1,66 @@
+"""What one invocation of the benchmark is set to (the command line as a dataclass) and one arm's training budget."""
+
+from __future__ import annotations
+
+import dataclasses
+
+# --quick: one seed and small settings, minutes on tiny models (tests/test_transfer.py)
+QUICK = {
+    "pairs": 16,
+    "steps": 4,
+    "eval_limit": 16,
+    "teacher_epochs": 2,
+    "rounds": 2,
+    "candidates": 8,
+    "curve_pairs": [8, 16],
+    "curve_steps": [2, 4],
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The design every domain of one invocation shares; the field order is the order of results' "settings"."""
+
+    seeds: list[int]
+    pairs: int = 144  # training pairs per arm (the budget --curve chose)
+    steps: int = 72  # training steps per arm (likewise)
+    eval_limit: int = 48  # held-out items per domain (0: all)
+    teacher_epochs: int = 12  # at most; stopped on held-out loss
+    teacher_patience: int = 2
+    teacher_lr: float = 1e-3
+    quick: bool = False
+    curve_pairs: list[int] = dataclasses.field(default_factory=lambda: [48, 96, 144])
+    curve_steps: list[int] = dataclasses.field(default_factory=lambda: [24, 48, 72])
+    aim: float = 0.8  # recovered fraction the chosen budget must reach on every domain
+    paraphrases: int = 2  # rewrites per kept prompt in the _aug arms
+    candidates: int | None = None  # prompts per round in every pool (None: the recipe's); such pools are cached apart
+    rounds: int | None = None  # expansion rounds of every pool: --quick only (None: the recipe's)
+    rank: int | None = None  # the target's LoRA rank: --rank, else the domain's recipe (set per domain)
+    lr: float | None = None  # the target's learning rate: --lr, else the domain's recipe (set per domain)
+    # --curve's grid beyond pairs x steps (None: rank, lr); not recorded in the results
+    curve_ranks: list[int] | None = dataclasses.field(default=None, metadata={"recorded": False})
+    curve_lrs: list[float] | None = dataclasses.field(default=None, metadata={"recorded": False})
+
+    def quick_mode(self) -> Settings:
+        return dataclasses.replace(self, **QUICK, quick=True, seeds=self.seeds[:1])
+
+    def as_json(self) -> dict:
+        """The settings as results record them; rounds only where --quick set it."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("recorded", True)}
+        if self.rounds is None:
+            del out["rounds"]
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """What one arm's training gets: pairs drawn, optimiser steps, LoRA rank and learning rate."""
+
+    pairs: int
+    steps: int
+    rank: int
+    lr: float
+
+    @property
+    def key(self) -> str:
+        return f"p{self.pairs}-s{self.steps}-r{self.rank}-lr{self.lr:g}"
