@@ -298,20 +298,18 @@ def make_teacher(
     quiet: bool,
 ) -> None:
     """LoRA fine-tune BASE on DATA (chat or alpaca JSONL) into a teacher: OUT/adapter.gguf for llama.cpp."""
-    from tskd_lite.recipe import Train
     from tskd_lite.train import make_teacher as make
+    from tskd_lite.train import teacher_settings
 
-    cfg = Train(
+    cfg = teacher_settings(
         rank=rank,
-        alpha=2.0 * rank,
         learning_rate=lr,
         epochs=epochs,
         batch_size=batch_size,
         max_seq_len=max_seq_len,
         seed=seed,
-        val_fraction=val_fraction or (0.1 if patience else 0.0),
         patience=patience,
-        dropout=0.0,
+        val_fraction=val_fraction,
     )
     result = make(data, base.resolve(), out, cfg, progress=not quiet, log=click.echo)
     click.echo(

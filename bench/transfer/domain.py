@@ -13,9 +13,9 @@ from bench.facts import index_for
 from tskd_lite import pipeline
 from tskd_lite.errors import TskdError
 from tskd_lite.evaluate import eval_transformers, evaluate, read_eval_file
-from tskd_lite.recipe import Recipe, Train, load_recipe, merged
+from tskd_lite.recipe import Recipe, load_recipe, merged
 from tskd_lite.target import Formatter, hf_dir
-from tskd_lite.train import make_teacher, train
+from tskd_lite.train import make_teacher, teacher_settings, train
 
 from .arms import REGISTRY
 from .cache import Layout, cached
@@ -83,14 +83,12 @@ class Domain:
         adapter = self.layout.teacher_adapter
         if not adapter.is_file():
             log(f"[{self.name}] fine-tuning the teacher on {self.folder / 'train.jsonl'}")
-            cfg = Train(
-                rank=16,
-                alpha=32.0,
-                dropout=0.0,
+            # make-teacher's settings, but for the sequence length (128, not 256) and a held-out tenth always:
+            # what the cached teachers under --work were trained with
+            cfg = teacher_settings(
                 learning_rate=self.settings.teacher_lr,
                 epochs=self.settings.teacher_epochs,
                 patience=self.settings.teacher_patience,
-                batch_size=8,
                 max_seq_len=128,
                 val_fraction=0.1,
             )
