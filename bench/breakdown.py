@@ -5,24 +5,24 @@ training step (Gemma 3 270M, fp32 LoRA on the CPU), and measures this machine's 
 from __future__ import annotations
 
 import cProfile
+import inspect
 import pstats
 import time
 from collections import defaultdict
 
 import torch
 from common import GEMMA3, PROMPTS, SMOLLM2
-from llama_cpp import _internals
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tskd_lite.engine import Engine
+from tskd_lite.backends import open_backend
 from tskd_lite.recipe import ModelSpec, Target
 from tskd_lite.target import Formatter, hf_dir
 from tskd_lite.train import Example, answer_loss
 
 
 def scoring() -> list[tuple[str, float]]:
-    engine = Engine(ModelSpec(model=SMOLLM2, n_ctx=512), role="teacher", parallel=8)
+    engine = open_backend(ModelSpec(model=SMOLLM2, n_ctx=512), role="teacher", parallel=8)
     rendered = [engine.render(p) for p in PROMPTS[:16]]
     gens = engine.generate(rendered, max_tokens=64, temperature=0.0, top_p=1.0, seeds=[0] * 16)
     ids = [(engine.tokenize_prompt(r), engine.tokenize_answer(g.text)) for r, g in zip(rendered, gens, strict=True)]
@@ -31,7 +31,8 @@ def scoring() -> list[tuple[str, float]]:
     profile.runcall(engine.score, ids)
     total = time.perf_counter() - start
     stats = pstats.Stats(profile).stats
-    decode = sum(v[3] for (file, _, name), v in stats.items() if (file, name) == (_internals.__file__, "decode"))
+    here = inspect.getsourcefile(type(engine))  # the backend's own _decode: llama.cpp's decode and nothing else
+    decode = sum(v[3] for (file, _, name), v in stats.items() if (file, name) == (here, "_decode"))
     return [
         ("scoring: inside llama.cpp's decode", decode / total),
         ("scoring: everything else (Python, numpy log-softmax)", 1 - decode / total),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from common import PROMPTS, SMOLLM2, row, timed
 
-from tskd_lite.engine import Engine
+from tskd_lite.backends import open_backend
 from tskd_lite.recipe import ModelSpec
 
 MAX_TOKENS = 64
@@ -15,7 +15,7 @@ def run(n_prompts: int = 16) -> tuple[list[dict], list[tuple[str, str]]]:
     prompts = PROMPTS[:n_prompts]
     rows, texts = [], {}
     for parallel in (1, 8):
-        engine = Engine(ModelSpec(model=SMOLLM2, n_ctx=512), role="teacher", parallel=parallel)
+        engine = open_backend(ModelSpec(model=SMOLLM2, n_ctx=512), role="teacher", parallel=parallel)
         rendered = [engine.render(p) for p in prompts]
         gens, seconds = timed(
             engine.generate, rendered, max_tokens=MAX_TOKENS, temperature=0.0, top_p=1.0, seeds=[0] * len(rendered)

@@ -11,7 +11,7 @@ import numpy as np
 from common import SMOLLM2, row, timed
 from score import prompt_processing
 
-from tskd_lite.engine import Engine
+from tskd_lite.backends import open_backend
 from tskd_lite.quantize import requantize
 from tskd_lite.recipe import ModelSpec
 
@@ -21,7 +21,7 @@ def run(pairs: list[tuple[str, str]]) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("q4_1", "q8_0", "q4_0"):
             path = SMOLLM2 if kind == "q4_1" else requantize(SMOLLM2, Path(tmp) / f"smollm2-{kind}.gguf", kind)
-            engine = Engine(ModelSpec(model=path, n_ctx=512), role="teacher", parallel=8)
+            engine = open_backend(ModelSpec(model=path, n_ctx=512), role="teacher", parallel=8)
             ids = [(engine.tokenize_prompt(engine.render(p)), engine.tokenize_answer(a)) for p, a in pairs]
             tokens = sum(len(p) + len(a) for p, a in ids)
             scores, seconds = timed(engine.score, ids)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from common import SMOLLM2, row, timed
 
-from tskd_lite.engine import Engine
+from tskd_lite.backends import open_backend
 from tskd_lite.recipe import ModelSpec, Target
 from tskd_lite.target import hf_dir
 
@@ -41,18 +41,18 @@ def torch_model():
     return _model
 
 
-def prompt_processing(engine: Engine, ids: list[tuple[list[int], list[int]]]) -> tuple[int, float]:
+def prompt_processing(engine, ids: list[tuple[list[int], list[int]]]) -> tuple[int, float]:
     """(tokens, seconds) of one ~500-token prompt made of the answers, decoded with logits at its last position
     only: llama.cpp's top rate on this machine, which scoring can approach but not pass per token decoded."""
-    text = engine.llm.detokenize([t for _, a in ids for t in a]).decode("utf-8", errors="ignore")
-    prompt = engine.llm.detokenize(engine.tokenize_prompt(text)[:500]).decode("utf-8", errors="ignore")
+    text = engine.detokenize([t for _, a in ids for t in a])
+    prompt = engine.detokenize(engine.tokenize_prompt(text)[:500])
     _, seconds = timed(engine.generate, [prompt], max_tokens=1, temperature=0.0, top_p=1.0, seeds=[0])
     return len(engine.tokenize_prompt(prompt)), seconds
 
 
 def run(pairs: list[tuple[str, str]]) -> list[dict]:
-    batched = Engine(ModelSpec(model=SMOLLM2, n_ctx=512), role="teacher", parallel=8)
-    single = Engine(ModelSpec(model=SMOLLM2, n_ctx=512), role="teacher", parallel=1)
+    batched = open_backend(ModelSpec(model=SMOLLM2, n_ctx=512), role="teacher", parallel=8)
+    single = open_backend(ModelSpec(model=SMOLLM2, n_ctx=512), role="teacher", parallel=1)
     ids = [(batched.tokenize_prompt(batched.render(p)), batched.tokenize_answer(a)) for p, a in pairs]
     tokens = sum(len(p) + len(a) for p, a in ids)
     note = f"{len(ids)} pairs, {tokens} tokens"
@@ -88,7 +88,7 @@ def run(pairs: list[tuple[str, str]]) -> list[dict]:
     single.close()
     # The thread count is picked by measurement: every core (the engine's default) against each smaller count.
     for threads in range(1, os.cpu_count() or 1):
-        engine = Engine(ModelSpec(model=SMOLLM2, n_ctx=512), role="teacher", threads=threads, parallel=8)
+        engine = open_backend(ModelSpec(model=SMOLLM2, n_ctx=512), role="teacher", threads=threads, parallel=8)
         _, seconds = timed(engine.score, ids)
         rows.append(row("score", f"tskd-lite with {threads} of {os.cpu_count()} threads", tokens, seconds, base))
         engine.close()

@@ -8,7 +8,7 @@ import torch
 from tinymodels import write_tiny_lora
 from transformers import AutoModelForCausalLM
 
-from tskd_lite.engine import Engine
+from tskd_lite.backends import open_backend
 from tskd_lite.errors import TskdError
 from tskd_lite.recipe import ModelSpec
 
@@ -41,7 +41,7 @@ def _ids(engine):
 
 
 def test_answer_logprobs_match_transformers(tiny):
-    engine = Engine(ModelSpec(model=tiny["teacher"], n_ctx=512), role="teacher", threads=1)
+    engine = open_backend(ModelSpec(model=tiny["teacher"], n_ctx=512), role="teacher", threads=1)
     rendered, prompt, ids = _ids(engine)
     assert rendered.startswith("<|im_start|>user\nWhat is 12 times 7?<|im_end|>\n<|im_start|>assistant\n")
     lp = engine.answer_logprobs(rendered, ANSWER)
@@ -65,8 +65,8 @@ PROMPTS = [
 
 
 def test_batched_scoring_matches_one_at_a_time(tiny):
-    batched = Engine(ModelSpec(model=tiny["teacher"], n_ctx=256), role="teacher", threads=1, parallel=4)
-    single = Engine(ModelSpec(model=tiny["teacher"], n_ctx=256), role="teacher", threads=1, parallel=1)
+    batched = open_backend(ModelSpec(model=tiny["teacher"], n_ctx=256), role="teacher", threads=1, parallel=4)
+    single = open_backend(ModelSpec(model=tiny["teacher"], n_ctx=256), role="teacher", threads=1, parallel=1)
     pairs = [
         (batched.tokenize_prompt(batched.render(p)), batched.tokenize_answer(ANSWER[: 10 + 5 * i]))
         for i, p in enumerate(PROMPTS)
@@ -83,8 +83,8 @@ def test_batched_scoring_matches_one_at_a_time(tiny):
 
 
 def test_batched_generation_matches_one_at_a_time(tiny):
-    batched = Engine(ModelSpec(model=tiny["teacher"], n_ctx=256), role="teacher", threads=1, parallel=4)
-    single = Engine(ModelSpec(model=tiny["teacher"], n_ctx=256), role="teacher", threads=1, parallel=1)
+    batched = open_backend(ModelSpec(model=tiny["teacher"], n_ctx=256), role="teacher", threads=1, parallel=4)
+    single = open_backend(ModelSpec(model=tiny["teacher"], n_ctx=256), role="teacher", threads=1, parallel=1)
     rendered = [batched.render(p) for p in PROMPTS]
     seeds = list(range(100, 100 + len(PROMPTS)))
     for temperature in (0.0, 1.0):
@@ -112,8 +112,8 @@ def test_gguf_lora_adapter_is_applied_like_a_merged_delta(tiny, tmp_path):
         seed=5,
     )
     spec = ModelSpec(model=tiny["base"], lora=lora_path, lora_scale=0.5, n_ctx=512)
-    engine = Engine(spec, role="teacher", threads=1)
-    plain = Engine(ModelSpec(model=tiny["base"], n_ctx=512), role="base", threads=1)
+    engine = open_backend(spec, role="teacher", threads=1)
+    plain = open_backend(ModelSpec(model=tiny["base"], n_ctx=512), role="base", threads=1)
     rendered, prompt, ids = _ids(engine)
     lp = engine.answer_logprobs(rendered, ANSWER)
     assert np.abs(lp - plain.answer_logprobs(rendered, ANSWER)).max() > 0.05  # the adapter changes the model
@@ -122,7 +122,7 @@ def test_gguf_lora_adapter_is_applied_like_a_merged_delta(tiny, tmp_path):
 
 
 def test_generation_is_reproducible_from_its_seed(tiny):
-    engine = Engine(ModelSpec(model=tiny["teacher"], n_ctx=512), role="teacher", threads=1)
+    engine = open_backend(ModelSpec(model=tiny["teacher"], n_ctx=512), role="teacher", threads=1)
     rendered = engine.render(PROMPT)
     kw = {"max_tokens": 20, "temperature": 1.0, "top_p": 0.95}
     (a,) = engine.generate([rendered], seeds=[11], **kw)
@@ -138,14 +138,14 @@ def test_generation_is_reproducible_from_its_seed(tiny):
 
 def test_model_without_chat_template_fails_clearly(tiny):
     with pytest.raises(TskdError, match=r"teacher.model: .* has no chat template .* set teacher.chat_template"):
-        Engine(ModelSpec(model=tiny["notemplate"]), role="teacher").render("hi")
-    engine = Engine(
+        open_backend(ModelSpec(model=tiny["notemplate"]), role="teacher").render("hi")
+    engine = open_backend(
         ModelSpec(model=tiny["notemplate"], chat_template="Q: {{ messages[0]['content'] }}\nA:"), role="teacher"
     )
     assert engine.render("hi") == "Q: hi\nA:"
 
 
 def test_context_overflow_is_a_clear_error(tiny):
-    engine = Engine(ModelSpec(model=tiny["teacher"], n_ctx=64), role="base", threads=1)
+    engine = open_backend(ModelSpec(model=tiny["teacher"], n_ctx=64), role="base", threads=1)
     with pytest.raises(TskdError, match="base.n_ctx"):
         engine.answer_logprobs(engine.render("x" * 80), "y")

@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 from tinymodels import write_tiny_lora
 
+from tskd_lite.backends import open_backend
 from tskd_lite.cli import main
-from tskd_lite.engine import Engine
 from tskd_lite.errors import TskdError
 from tskd_lite.quantize import requantize
 from tskd_lite.recipe import ModelSpec
@@ -17,7 +17,7 @@ ANSWER = "Eighty-four: 12 x 7 = 84, because 10 x 7 = 70 and 2 x 7 = 14."
 
 
 def _logprobs(path, lora=None):
-    engine = Engine(ModelSpec(model=path, lora=lora, n_ctx=256), role="teacher", threads=1, parallel=1)
+    engine = open_backend(ModelSpec(model=path, lora=lora, n_ctx=256), role="teacher", threads=1, parallel=1)
     lp = engine.answer_logprobs(engine.render("What is 12 times 7?"), ANSWER)
     engine.close()
     return lp

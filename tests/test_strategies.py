@@ -10,8 +10,8 @@ from conftest import recipe_dict, write_recipe
 from test_pipeline import kill_resume_compare
 
 from tskd_lite import pipeline, strategies
+from tskd_lite.backends import open_backend
 from tskd_lite.dedup import normalise
-from tskd_lite.engine import Engine
 from tskd_lite.errors import TskdError
 from tskd_lite.recipe import Expand, ModelSpec, load_recipe
 
@@ -74,7 +74,7 @@ def test_the_entities_strategy_needs_names(tiny, tmp_path):
 
 
 def test_the_user_prefix_is_the_template_up_to_the_users_words(tiny):
-    engine = Engine(ModelSpec(model=tiny["teacher"], n_ctx=256), role="teacher", threads=1, parallel=2)
+    engine = open_backend(ModelSpec(model=tiny["teacher"], n_ctx=256), role="teacher", threads=1, parallel=2)
     try:
         prefix = engine.user_prefix()
         assert engine.render("Hello there").startswith(prefix + "Hello there")

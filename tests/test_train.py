@@ -249,8 +249,8 @@ def test_packed_answer_only_logits_give_the_padded_full_model_loss(target_gguf, 
 def test_make_teacher_learns_its_data_and_loads_in_llama_cpp(tiny, tmp_path):
     from click.testing import CliRunner
 
+    from tskd_lite.backends import open_backend
     from tskd_lite.cli import main
-    from tskd_lite.engine import Engine
     from tskd_lite.recipe import ModelSpec
 
     data = tmp_path / "private.jsonl"
@@ -282,8 +282,8 @@ def test_make_teacher_learns_its_data_and_loads_in_llama_cpp(tiny, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert f"teacher.lora = {out / 'adapter.gguf'}" in result.output
-    teacher = Engine(ModelSpec(model=base, lora=out / "adapter.gguf", n_ctx=256), role="teacher", parallel=4)
-    plain = Engine(ModelSpec(model=base, n_ctx=256), role="base", parallel=4)
+    teacher = open_backend(ModelSpec(model=base, lora=out / "adapter.gguf", n_ctx=256), role="teacher", parallel=4)
+    plain = open_backend(ModelSpec(model=base, n_ctx=256), role="base", parallel=4)
     pairs = [(teacher.tokenize_prompt(teacher.render(p)), teacher.tokenize_answer(a)) for p, a, _ in PAIRS]
     gain = np.mean([t.mean() - b.mean() for t, b in zip(teacher.score(pairs), plain.score(pairs), strict=True)])
     assert gain > 0.5  # nats per token: the teacher now finds its private answers far likelier than the base does

@@ -78,7 +78,9 @@ def recovered(after: float, teacher: float, chance: float, before: float) -> flo
     return (after - floor) / (teacher - floor) if teacher > floor else None
 
 
-def eval_llama(name: str, engine, render_with, items: list[EvalItem], max_tokens: int, progress: bool) -> dict:
+def eval_backend(name: str, engine, render_with, items: list[EvalItem], max_tokens: int, progress: bool) -> dict:
+    """A teacher or base row: greedy replies to the items rendered by render_with's template (the teacher's for
+    both, as in scoring), and the reference answers' NLL per byte."""
     from tqdm import tqdm
 
     predictions, nll = [], []
@@ -89,12 +91,9 @@ def eval_llama(name: str, engine, render_with, items: list[EvalItem], max_tokens
         rendered = [render_with.render(it.prompt) for it in chunk]
         gens = engine.generate(rendered, max_tokens=max_tokens, temperature=0.0, top_p=1.0, seeds=[0] * len(chunk))
         predictions += [g.text for g in gens]
-        pairs = [
-            (engine.tokenize_prompt(r), engine.tokenize_answer(it.answer))
-            for r, it in zip(rendered, chunk, strict=True)
-        ]
-        nll += [-float(lp.sum()) / len(it.answer.encode()) for lp, it in zip(engine.score(pairs), chunk, strict=True)]
-    return _row(name, "llama.cpp", items, predictions, nll)
+        scored = engine.score_answers([(r, it.answer) for r, it in zip(rendered, chunk, strict=True)])
+        nll += [-float(s.logprobs.sum()) / len(it.answer.encode()) for s, it in zip(scored, chunk, strict=True)]
+    return _row(name, engine.runtime, items, predictions, nll)
 
 
 def eval_transformers(
@@ -145,7 +144,7 @@ def eval_transformers(
 def evaluate(recipe, *, train_dir: Path | None, progress: bool = True, log=print) -> dict:
     """The four rows (teacher, base, target before, target after where trained) and the chance baseline;
     writes run_dir/eval.json."""
-    from tskd_lite.engine import Engine
+    from tskd_lite.backends import open_backend
     from tskd_lite.target import Formatter, hf_dir, quiet_transformers
 
     if recipe.eval is None or recipe.target is None:
@@ -168,10 +167,10 @@ def evaluate(recipe, *, train_dir: Path | None, progress: bool = True, log=print
         return done
     log(f"evaluating on {len(items)} held-out items from {cfg.file.name}")
     rows = []
-    teacher = Engine(recipe.teacher, role="teacher", threads=recipe.threads, parallel=recipe.parallel)
-    rows.append(eval_llama("teacher", teacher, teacher, items, cfg.max_answer_tokens, progress))
-    base = Engine(recipe.base, role="base", threads=recipe.threads, parallel=recipe.parallel)
-    rows.append(eval_llama("base", base, teacher, items, cfg.max_answer_tokens, progress))
+    teacher = open_backend(recipe.teacher, role="teacher", threads=recipe.threads, parallel=recipe.parallel)
+    rows.append(eval_backend("teacher", teacher, teacher, items, cfg.max_answer_tokens, progress))
+    base = open_backend(recipe.base, role="base", threads=recipe.threads, parallel=recipe.parallel)
+    rows.append(eval_backend("base", base, teacher, items, cfg.max_answer_tokens, progress))
     teacher.close()
     base.close()
 
@@ -194,15 +193,21 @@ def evaluate(recipe, *, train_dir: Path | None, progress: bool = True, log=print
 
 def _eval_fingerprint(recipe, items: list[EvalItem], train_dir: Path | None) -> str:
     """What an evaluation's rows depend on: the items, the settings, the models by content and the training."""
+    from tskd_lite.backends import backend_class
     from tskd_lite.gguf_meta import identity
 
-    files = [recipe.teacher.model, recipe.base.model, recipe.target.model]
-    files += [recipe.teacher.lora] if recipe.teacher.lora else []
+    ids = {}
+    for role in ("teacher", "base"):
+        spec = getattr(recipe, role)
+        ids |= backend_class(spec).identities(spec, role)
+    # in this order, so that an evaluation recorded before backends existed is still found done
+    models = [ids["teacher.model"], ids["base.model"], identity(recipe.target.model)]
+    models += [ids[key] for key in ("teacher.lora", "base.lora") if key in ids]
     parts = {
         "items": [it.__dict__ for it in items],
         "max_answer_tokens": recipe.eval.max_answer_tokens,
         "templates": [recipe.teacher.chat_template, recipe.base.chat_template, recipe.target.chat_template],
-        "models": [identity(f) for f in files],
+        "models": models,
         "training": json.loads((train_dir / "train.json").read_text()).get("fingerprint") if train_dir else None,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=list).encode()).hexdigest()[:16]

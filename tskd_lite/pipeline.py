@@ -17,9 +17,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tskd_lite import contrast, expand, gguf_meta, rundir
+from tskd_lite import contrast, expand, rundir
+from tskd_lite.backends import Backend, backend_class, open_backend
 from tskd_lite.dedup import Pool, normalise
-from tskd_lite.engine import Engine
 from tskd_lite.errors import TskdError
 from tskd_lite.export import export
 from tskd_lite.recipe import Recipe, changed_keys, flatten, recipe_hash
@@ -43,26 +43,26 @@ class RunResult:
 
 
 class _Models:
-    """Engines loaded on first use, so a resumed run that has nothing left to generate loads no model."""
+    """Models loaded on first use, so a resumed run that has nothing left to generate loads no model."""
 
     def __init__(self, recipe: Recipe, log: Log) -> None:
         self.recipe, self.log = recipe, log
 
-    def _load(self, role: str) -> Engine:
+    def _load(self, role: str) -> Backend:
         spec = getattr(self.recipe, role) if role != "generator" else self.recipe.generator_spec
         self.log(f"loading {role}: {spec.model.name}" + (f" + LoRA {spec.lora.name}" if spec.lora else ""))
-        return Engine(spec, role=role, threads=self.recipe.threads, parallel=self.recipe.parallel)
+        return open_backend(spec, role=role, threads=self.recipe.threads, parallel=self.recipe.parallel)
 
     @cached_property
-    def teacher(self) -> Engine:
+    def teacher(self) -> Backend:
         return self._load("teacher")
 
     @cached_property
-    def base(self) -> Engine:
+    def base(self) -> Backend:
         return self._load("base")
 
     @cached_property
-    def generator(self) -> Engine:
+    def generator(self) -> Backend:
         return self.teacher if self.recipe.generator is None else self._load("generator")
 
     def close(self) -> None:
@@ -195,7 +195,7 @@ def _preflight(recipe: Recipe, models: _Models) -> None:
     an overflow is not found rounds later. (n_ctx may change on a resume: raising it is the fix.)"""
     teacher = models.teacher
     for i, seed in enumerate(recipe.seeds.prompts, 1):
-        n = len(teacher.tokenize_prompt(teacher.render(seed)))
+        n = teacher.count_prompt_tokens(teacher.render(seed))
         if n >= teacher.spec.n_ctx:
             raise TskdError(
                 f"{recipe.path}: teacher.n_ctx: seed prompt {i} takes {n} tokens with the chat template, leaving no "
@@ -205,11 +205,11 @@ def _preflight(recipe: Recipe, models: _Models) -> None:
     if cfg.rounds == 0 or STRATEGIES[cfg.strategy].writer != "generator":
         return
     writer = models.generator
-    tokens = lambda text: len(writer.tokenize_answer(text))  # noqa: E731
+    tokens = writer.count_answer_tokens
     longest = sorted(recipe.seeds.prompts, key=tokens)[-cfg.few_shot :]
     worst = [{"text": max(text, "x " * cfg.max_prompt_tokens, key=tokens)} for text in longest]
     rendered = writer.render(expand.instruction(cfg.instruction, worst))
-    n = len(writer.tokenize_prompt(rendered)) + cfg.max_prompt_tokens
+    n = writer.count_prompt_tokens(rendered) + cfg.max_prompt_tokens
     if n > writer.spec.n_ctx:
         role = "generator" if recipe.generator is not None else "teacher"
         raise TskdError(
@@ -243,7 +243,8 @@ def _start(store: Store, recipe: Recipe, force_new: bool, log: Log) -> int:
         return latest.id
     unit = (
         "token"
-        if gguf_meta.vocab_fingerprint(recipe.teacher.model) == gguf_meta.vocab_fingerprint(recipe.base.model)
+        if backend_class(recipe.teacher).tokenizer_identity(recipe.teacher)
+        == backend_class(recipe.base).tokenizer_identity(recipe.base)
         else "byte"
     )
     if unit == "byte":
@@ -255,8 +256,13 @@ def _start(store: Store, recipe: Recipe, force_new: bool, log: Log) -> int:
 
 
 def _model_identities(recipe: Recipe) -> dict[str, str]:
-    """gguf_meta.identity of every model file the pool depends on, keyed by its recipe key."""
-    return {key: gguf_meta.identity(path) for key, path in recipe.model_files().items()}
+    """What each model the pool depends on is made of, as its backend identifies it, keyed by recipe key."""
+    out: dict[str, str] = {}
+    for role in ("teacher", "base", "generator"):
+        spec = getattr(recipe, role)
+        if spec is not None:
+            out |= backend_class(spec).identities(spec, role)
+    return out
 
 
 @dataclass
@@ -433,7 +439,7 @@ def _paraphrase(c: _Run, round_: int) -> None:
             bar.update(len(group))
 
 
-def _write_prompts(generator: Engine, rendered: list[str], seeds: list[int], cfg) -> tuple[list, float]:
+def _write_prompts(generator: Backend, rendered: list[str], seeds: list[int], cfg) -> tuple[list, float]:
     """One group of prompts written with the [expand] sampling settings, and the seconds it took per prompt."""
     t0 = time.perf_counter()
     gens = generator.generate(
@@ -544,17 +550,13 @@ def _contrast(c: _Run, round_: int) -> None:
                 contrast.plan(r["prompt"], r["answer"], expand.item_seed(recipe.seed, "contrast", round_, r["idx"]), k)
                 for r in group
             ]
-            pairs = [
-                (teacher.tokenize_prompt(teacher.render(p)), teacher.tokenize_answer(a))
-                for plan in plans
-                for p, a, _, _ in plan
-            ]
-            scores = teacher.score(pairs) if pairs else []
+            pairs = [(teacher.render(p), a) for plan in plans for p, a, _, _ in plan]
+            scores = teacher.score_answers(pairs, byte_ends=True) if pairs else []
             rows, at = [], 0
             for r, plan in zip(group, plans, strict=True):
                 swapped = []
-                for _, answer, old, new in plan:  # the pair's swaps, in the order they were flattened
-                    swapped.append((scores[at], teacher.answer_byte_ends(pairs[at][1], answer), old, new))
+                for _, _, old, new in plan:  # the pair's swaps, in the order they were flattened
+                    swapped.append((scores[at].logprobs, scores[at].byte_ends, old, new))
                     at += 1
                 real = (json.loads(r["teacher_logprobs"]), json.loads(r["teacher_byte_ends"]))
                 rows.append(

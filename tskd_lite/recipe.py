@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tskd_lite.backends import BACKENDS
 from tskd_lite.chat import check_template, template_source
 from tskd_lite.errors import TskdError
 from tskd_lite.gguf_meta import check_gguf
@@ -87,13 +88,15 @@ def _one_of(default: str, *choices: str) -> Any:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A GGUF model served by llama.cpp, optionally with a GGUF LoRA adapter applied at load."""
+    """A model and the backend that serves it (tskd_lite/backends/): by default a GGUF in-process through
+    llama.cpp, optionally with a GGUF LoRA adapter applied at load. The backend checks its own keys at load."""
 
     model: Path
     lora: Path | None = None
     lora_scale: float = _ranged(1.0, lambda v: v != 0 and abs(v) <= 100, "a non-zero number in [-100, 100]")
     chat_template: str | None = None
     n_ctx: int = _int_in(2048, 64, MAX_TOKENS)
+    backend: str = _registered("llama_cpp", BACKENDS)
 
 
 @dataclass(frozen=True)
@@ -326,9 +329,7 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     for name in ("teacher", "base", "generator"):
         spec = getattr(recipe, name)
         if spec is not None:
-            check_gguf(spec.model, f"{path}: {name}.model")
-            if spec.lora is not None:
-                check_gguf(spec.lora, f"{path}: {name}.lora")
+            BACKENDS[spec.backend].check(spec, f"{path}: {name}")
     if recipe.target is not None:
         _check_target(recipe.target.model, f"{path}: target.model")
         if not recipe.target.model.is_dir():

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tskd_lite.engine import Engine
+from tskd_lite.backends import Backend
 
 
 def gap(teacher_logprobs: Sequence[float], base_logprobs: Sequence[float], unit: str, n_bytes: int) -> dict:
@@ -35,24 +35,21 @@ def gap(teacher_logprobs: Sequence[float], base_logprobs: Sequence[float], unit:
     }
 
 
-def score_pairs(teacher: Engine, base: Engine, pairs: list[tuple[str, str]], unit: str) -> list[dict]:
+def score_pairs(teacher: Backend, base: Backend, pairs: list[tuple[str, str]], unit: str) -> list[dict]:
     """Score (prompt, answer) pairs under teacher and base, batched; both see the teacher's rendering."""
     start = time.perf_counter()
-    rendered = [teacher.render(prompt) for prompt, _ in pairs]
-    t_ids = [
-        (teacher.tokenize_prompt(r), teacher.tokenize_answer(a)) for r, (_, a) in zip(rendered, pairs, strict=True)
-    ]
-    b_ids = [(base.tokenize_prompt(r), base.tokenize_answer(a)) for r, (_, a) in zip(rendered, pairs, strict=True)]
-    t_lps, b_lps = teacher.score(t_ids), base.score(b_ids)
+    rendered = [(teacher.render(prompt), answer) for prompt, answer in pairs]
+    t_scores = teacher.score_answers(rendered, byte_ends=True)
+    b_scores = base.score_answers(rendered)
     seconds = (time.perf_counter() - start) / len(pairs)  # the batch's time, shared evenly by its pairs
     rows = []
-    for (_, answer), t_lp, b_lp, t, b in zip(pairs, t_lps, b_lps, t_ids, b_ids, strict=True):
-        row = gap(t_lp, b_lp, unit, len(answer.encode("utf-8")))
+    for (_, answer), t, b in zip(pairs, t_scores, b_scores, strict=True):
+        row = gap(t.logprobs, b.logprobs, unit, len(answer.encode("utf-8")))
         row.update(
-            teacher_logprobs=_compact(t_lp),
-            teacher_byte_ends="[" + ",".join(map(str, teacher.answer_byte_ends(t[1], answer))) + "]",
-            base_logprobs=_compact(b_lp),
-            decoded_tokens=len(t[0]) + len(t[1]) + len(b[0]) + len(b[1]),
+            teacher_logprobs=_compact(t.logprobs),
+            teacher_byte_ends="[" + ",".join(map(str, t.byte_ends)) + "]",
+            base_logprobs=_compact(b.logprobs),
+            decoded_tokens=t.n_tokens + b.n_tokens,
             seconds=seconds,
         )
         rows.append(row)

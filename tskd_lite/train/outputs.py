@@ -132,7 +132,7 @@ def check_gguf_adapter(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tskd_lite.engine import Engine
+    from tskd_lite.backends import open_backend  # the llama_cpp backend: this check scores token ids
     from tskd_lite.recipe import ModelSpec
 
     ids = []
@@ -140,7 +140,7 @@ def check_gguf_adapter(
         ids.append((fmt.prompt_ids(prompt), fmt.tokenizer(answer, add_special_tokens=False)["input_ids"][:64]))
 
     def disagreement(lora: Path | None, hf_dir: Path) -> np.ndarray:
-        engine = Engine(ModelSpec(model=target_gguf, lora=lora, n_ctx=512), role="target")
+        engine = open_backend(ModelSpec(model=target_gguf, lora=lora, n_ctx=512), role="target")
         model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, use_safetensors=True).eval()
         diffs = []
         for head, tail in ids:

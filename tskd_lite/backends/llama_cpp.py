@@ -1,4 +1,14 @@
-"""A GGUF model served in-process by llama.cpp: chat template, batched generation and batched answer log-probs.
+"""The default backend: a GGUF model (and GGUF LoRA) in-process through llama-cpp-python; chat template,
+batched generation and batched answer log-probs.
+
+The only module that reaches into llama-cpp-python's internals, and why: the public `Llama` API decodes one
+sequence per context and returns logits for every position or the last; scoring needs several sequences in one
+context (`_internals.LlamaContext` with n_seq_max and a KV stream per sequence, `LlamaBatch` with per-token
+sequence ids and logits flags), logits at chosen positions only (`llama_get_logits` read through ctypes), the
+model handle and the LoRA adapter the `Llama` object loaded (`llm._model`, `llm._lora_adapter`, applied to our
+own context with `llama_set_adapters_lora`), cache copies between sequences (`llama_memory_seq_cp`) and seeded
+per-sequence samplers (`_internals.LlamaSampler`). Re-encoding weights (`quantize`) uses the C API's
+`llama_model_quantize`, which has no `Llama` counterpart. This is why pyproject.toml pins llama-cpp-python.
 
 Both jobs run on one llama.cpp context that holds `parallel` sequences, each in its own KV-cache stream, so
 several prompts are decoded per call instead of one: generating one token for one sequence reads every weight for
@@ -18,27 +28,46 @@ from __future__ import annotations
 import ctypes
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tskd_lite import gguf_meta
+from tskd_lite.backends.base import BACKENDS, Generation, Scored
 from tskd_lite.chat import compile_template, render_user_turn
 from tskd_lite.errors import TskdError
-from tskd_lite.recipe import ModelSpec
+
+if TYPE_CHECKING:
+    from tskd_lite.recipe import ModelSpec
 
 # Scoring copies out one vocabulary-wide row of logits per answer token; this caps those rows per decode call
 # (about 256 MB of float32 whatever the vocabulary: 256 rows of Gemma 3's 262k tokens, 1365 of SmolLM2's 49k).
 LOGIT_BUDGET = 1 << 26
 
 
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    n_tokens: int
-    finish_reason: str  # "stop": the model ended its turn; "length": the token budget ran out
+@BACKENDS.register("llama_cpp")
+class LlamaCpp:
+    """A Backend (backends/base.py) with token-level abilities besides: tokenize_prompt, tokenize_answer, score
+    (on token ids), answer_byte_ends, detokenize and the count of tokens decoded."""
 
+    runtime = "llama.cpp"  # how evaluation rows name where they ran
 
-class Engine:
+    @classmethod
+    def check(cls, spec: ModelSpec, where: str) -> None:
+        gguf_meta.check_gguf(spec.model, f"{where}.model")
+        if spec.lora is not None:
+            gguf_meta.check_gguf(spec.lora, f"{where}.lora")
+
+    @classmethod
+    def identities(cls, spec: ModelSpec, role: str) -> dict[str, str]:
+        files = {"model": spec.model, "lora": spec.lora}
+        return {f"{role}.{key}": gguf_meta.identity(path) for key, path in files.items() if path is not None}
+
+    @classmethod
+    def tokenizer_identity(cls, spec: ModelSpec) -> str:
+        return "llama_cpp:" + gguf_meta.vocab_fingerprint(spec.model)
+
     def __init__(self, spec: ModelSpec, *, role: str, threads: int = 0, parallel: int = 8) -> None:
         import llama_cpp
         from llama_cpp import _internals
@@ -103,6 +132,15 @@ class Engine:
         if mark not in full:
             raise TskdError(f"{self.role}.chat_template: the template does not show the user's text as given")
         return full[: full.index(mark)]
+
+    def count_prompt_tokens(self, rendered: str) -> int:
+        return len(self.tokenize_prompt(rendered))
+
+    def count_answer_tokens(self, text: str) -> int:
+        return len(self.tokenize_answer(text))
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self.llm.detokenize(tokens).decode("utf-8", errors="ignore")
 
     def tokenize_prompt(self, rendered: str) -> list[int]:
         tokens = self.llm.tokenize(rendered.encode("utf-8"), add_bos=True, special=True)
@@ -173,6 +211,13 @@ class Engine:
     def answer_logprobs(self, rendered: str, answer: str) -> np.ndarray:
         """log p(answer token i | prompt, answer tokens < i) for each token of the answer."""
         return self.score([(self.tokenize_prompt(rendered), self.tokenize_answer(answer))])[0]
+
+    def score_answers(self, pairs: Sequence[tuple[str, str]], *, byte_ends: bool = False) -> list[Scored]:
+        ids = [(self.tokenize_prompt(rendered), self.tokenize_answer(answer)) for rendered, answer in pairs]
+        return [
+            Scored(lp, self.answer_byte_ends(tail, answer) if byte_ends else [], len(head) + len(tail))
+            for lp, (head, tail), (_, answer) in zip(self.score(ids), ids, pairs, strict=True)
+        ]
 
     def score(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[np.ndarray]:
         """answer_logprobs for many (prompt ids, answer ids) pairs, decoded `parallel` sequences at a time."""
@@ -284,3 +329,16 @@ class Engine:
     def close(self) -> None:
         self._ctx.close()
         self.llm.close()
+
+
+def quantize(src: Path, dst: Path, kind: str, threads: int) -> bool:
+    """Re-encode src's weights as `kind` ("q8_0", "q4_0", "f16") into dst; whether llama.cpp succeeded."""
+    import llama_cpp
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{kind.upper()}")
+    params.allow_requantize = True  # the source is usually quantized already
+    params.nthread = threads or os.cpu_count() or 1
+    with suppress_stdout_stderr(disable=False):  # llama.cpp logs every tensor
+        return not llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))

@@ -1,0 +1,89 @@
+"""The model seam: what the pipeline, evaluation and the benchmark ask of a model, in text, and the one factory.
+
+A backend is one class registered under the name a recipe's `backend` key uses (default "llama_cpp"). Callers see
+text in and text or log-probs out; token ids stay inside the backend. A backend may offer more (llama_cpp's token-
+level scoring, which the GGUF adapter check and the tests use to compare runtimes on identical ids); callers that
+need such an ability name the backend class they need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from tskd_lite.registry import Registry
+
+if TYPE_CHECKING:
+    from tskd_lite.recipe import ModelSpec
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    n_tokens: int
+    finish_reason: str  # "stop": the model ended its turn; "length": the token budget ran out
+
+
+@dataclass(frozen=True)
+class Scored:
+    """An answer scored after its prompt: log p of each answer token, where each token ends in the answer's bytes
+    (empty unless asked for), and how many tokens prompt and answer took."""
+
+    logprobs: np.ndarray
+    byte_ends: list[int]
+    n_tokens: int
+
+
+class Backend(Protocol):
+    role: str
+    spec: ModelSpec
+    parallel: int  # how many sequences a call works on at once (the size of a group a caller commits whole)
+    runtime: str  # what evaluation rows call it ("llama.cpp")
+
+    def render(self, user_text: str) -> str:
+        """The user turn in this model's chat template, ready for the reply."""
+
+    def user_prefix(self) -> str:
+        """The chat template up to where the user's words begin (what the model continues to write a user turn)."""
+
+    def count_prompt_tokens(self, rendered: str) -> int: ...
+
+    def count_answer_tokens(self, text: str) -> int: ...
+
+    def generate(
+        self, rendered: Sequence[str], *, max_tokens: int, temperature: float, top_p: float, seeds: Sequence[int]
+    ) -> list[Generation]:
+        """A reply to each rendered prompt; a prompt's seed fixes its reply, whatever else is in the call."""
+
+    def score_answers(self, pairs: Sequence[tuple[str, str]], *, byte_ends: bool = False) -> list[Scored]:
+        """log p of each answer's tokens after its rendered prompt, for (rendered prompt, answer) pairs."""
+
+    def close(self) -> None: ...
+
+    # Class-level: what a recipe can be checked and a run identified by without loading the model.
+    @classmethod
+    def check(cls, spec: ModelSpec, where: str) -> None:
+        """Raise TskdError (one line naming `where` + the key) where the spec cannot be served."""
+
+    @classmethod
+    def identities(cls, spec: ModelSpec, role: str) -> dict[str, str]:
+        """{recipe key: identity} of what the model is made of (a resume refuses a model changed in place)."""
+
+    @classmethod
+    def tokenizer_identity(cls, spec: ModelSpec) -> str:
+        """Equal for two specs exactly when their tokenizers split text alike (gaps per token, else per byte)."""
+
+
+BACKENDS: Registry[type] = Registry("backend")
+
+
+def open_backend(spec: ModelSpec, *, role: str, threads: int = 0, parallel: int = 8) -> Backend:
+    """The model of a recipe's role, served by the backend its spec names."""
+    return BACKENDS[spec.backend](spec, role=role, threads=threads, parallel=parallel)
+
+
+def backend_class(spec: ModelSpec) -> type:
+    return BACKENDS[spec.backend]
