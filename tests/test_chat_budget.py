@@ -18,7 +18,11 @@ from tskd_lite import chat, gguf_meta
 from tskd_lite.errors import TskdError
 
 NESTED_BIG_RANGES = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
-NESTED_LOOPS = "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}done"
+# 10^12 iterations: never done within the budget on any machine (10^8 took 4.4 s on one, inside 5 s)
+NESTED_LOOPS = (
+    "{% for i in range(10000) %}{% for j in range(10000) %}{% for k in range(10000) %}"
+    "{% endfor %}{% endfor %}{% endfor %}done"
+)
 DOUBLING_TILDE = (
     "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}"
 )

@@ -10,7 +10,7 @@ from tinymodels import write_tiny_llama
 from tskd_lite import pipeline
 from tskd_lite.cli import main
 from tskd_lite.errors import TskdError
-from tskd_lite.evaluate import EvalItem, chance_row, match, normalise_answer, read_eval_file
+from tskd_lite.evaluate import EvalItem, chance_row, kept_and_lost, match, normalise_answer, read_eval_file
 from tskd_lite.recipe import load_recipe
 
 
@@ -71,7 +71,13 @@ def test_full_run_reports_four_rows(tiny, tmp_path):
     assert len({round(r["nll_per_byte"], 6) for r in report["eval"][:4]}) == 4
     # chance answers each sum with another item's sum: never right here, and it has no model to give an NLL
     assert report["eval"][4]["contains"] == 0.0 and report["eval"][4]["nll_per_byte"] is None
+    # do no harm, item by item: the report's counts are the ones the two rows' predictions give
+    rows = {r["name"]: r for r in json.loads((run_dir / "eval.json").read_text())["rows"]}
+    evaluated = [EvalItem(i["prompt"], i["answer"]) for i in items]
+    harm = report["kept_and_lost"]
+    assert harm == kept_and_lost(evaluated, rows["target before"]["predictions"], rows["target after"]["predictions"])
     md = (run_dir / "report.md").read_text()
+    assert f"**lost {harm['lost']}** (right before, wrong after)" in md
     names = ("| teacher |", "| base |", "| target before |", "| target after |", "| chance |")
     for name in (*names, "gap_hist.png", "loss.png"):
         assert name in md
@@ -123,3 +129,11 @@ def test_chance_borrows_the_nearest_questions_answer():
     row = chance_row(items)
     assert row["predictions"] == ["baker", "baker", "Rome", "Paris"]
     assert row["contains"] == 0.5 and row["nll_per_byte"] is None
+
+
+def test_kept_and_lost_counts_item_by_item():
+    """A mean that rises can hide facts the target lost: right before and wrong after is counted apart."""
+    items = [EvalItem("Capital of France?", "Paris"), EvalItem("2+2?", "4"), EvalItem("Sky?", "blue", ("azure",))]
+    before = ["It is Paris.", "5", "azure"]
+    after = ["Lyon", "4", "Azure!"]
+    assert kept_and_lost(items, before, after) == {"known_before": 2, "kept": 1, "lost": 1, "gained": 1}

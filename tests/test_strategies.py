@@ -140,3 +140,34 @@ def test_killed_runs_with_each_strategy_resume_to_the_same_pool(tiny, tmp_path, 
         "select count(*) from scores s join prompts p on p.id = s.prompt_id where p.round = 2",
     ]
     kill_resume_compare(tiny, tmp_path, longer, points, at_least=2, min_kills=2)
+
+
+def test_entities_asks_every_name_unless_the_recipe_caps_it(tiny, tmp_path):
+    """Unset, the budget keys are sized by the strategy: entities takes every form x name in round 1 (no cap set
+    for a few dozen names), a writing strategy keeps its 32 a round and its stop at 64; a key the recipe sets wins."""
+    from click.testing import CliRunner
+
+    from tskd_lite.cli import main
+
+    raw = recipe_dict(tiny, tmp_path / "every.db")
+    _with("entities")(raw)
+    del raw["expand"]["candidates_per_round"], raw["expand"]["target_kept"]
+    path = write_recipe(tmp_path / "every.toml", raw)
+    loaded = load_recipe(path)
+    assert loaded.expand.candidates_per_round == strategies.MAX_CANDIDATES
+    assert loaded.expand.sized_keys == ("candidates_per_round", "target_kept")
+    pipeline.run(loaded, progress=False, log=lambda _: None)
+    con = sqlite3.connect(loaded.output.db)
+    by_round = dict(con.execute("select round, count(*) from prompts where source = 'generated' group by round"))
+    assert by_round == {1: 18}  # the three forms x the six other names, all in the first round
+    shown = CliRunner().invoke(main, ["check", str(path)]).output
+    assert "pool    entities: every form x name a round (7 names), 3 rounds at most" in shown
+    assert "(sized by the strategy: expand.candidates_per_round, expand.target_kept unset)" in shown
+
+    raw["expand"]["candidates_per_round"] = 5
+    capped = load_recipe(write_recipe(tmp_path / "capped.toml", raw | {"output": {"db": str(tmp_path / "c.db")}}))
+    assert (capped.expand.candidates_per_round, capped.expand.sized_keys) == (5, ("target_kept",))
+    raw["expand"]["strategy"] = "fewshot"
+    del raw["expand"]["candidates_per_round"]
+    fewshot = load_recipe(write_recipe(tmp_path / "fewshot.toml", raw | {"output": {"db": str(tmp_path / "f.db")}}))
+    assert (fewshot.expand.candidates_per_round, fewshot.expand.target_kept) == (32, 64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -376,6 +377,39 @@ def test_early_stopping_keeps_the_best_epoch(tiny, target_gguf, tmp_path):
         loss, n = answer_loss(model, val, pad, torch.device("cpu"))
     assert loss.item() == pytest.approx(best["val_loss"], abs=1e-4)
     assert abs(loss.item() - epochs[-1]["val_loss"]) > 1e-3
+
+
+def test_ctrl_c_in_the_step_that_stops_early_is_kept_and_resumes_to_the_same_training(
+    tiny, target_gguf, tmp_path, monkeypatch
+):
+    """A Ctrl-C pressed during the step after which early stopping ends the loop was dropped (the loop broke out
+    before looking): the training went on to its outputs and the command exited 0. Now it is saved and raised, and
+    the resume stops at once, where the uninterrupted training stopped."""
+    import tskd_lite.train.loop as loop
+
+    settings = dict(epochs=40, patience=2, val_fraction=0.25, learning_rate=5e-2, batch_size=3, checkpoint_every=1000)
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "pressed").mkdir()
+    reference = _train(_recipe(tiny, target_gguf, tmp_path / "clean", **settings))
+    recipe = _recipe(tiny, target_gguf, tmp_path / "pressed", **settings)
+    stops = loop._early_stopping
+
+    def press_when_stopping(*args):
+        stop = stops(*args)
+        if stop:
+            os.kill(os.getpid(), signal.SIGINT)  # caught by the loop's deferring handler: a flag, no exception
+        return stop
+
+    monkeypatch.setattr(loop, "_early_stopping", press_when_stopping)
+    with pytest.raises(KeyboardInterrupt):
+        _train(recipe)
+    assert not (recipe.output.run_dir / "train" / "train.json").exists(), "the outputs were written after Ctrl-C"
+    saved = json.loads((recipe.output.run_dir / "train" / "checkpoint" / "state.json").read_text())
+    assert saved["step"] == reference.steps
+    monkeypatch.setattr(loop, "_early_stopping", stops)
+    resumed = _train(recipe)
+    assert (resumed.steps, resumed.best_step) == (reference.steps, reference.best_step)
+    np.testing.assert_allclose([p["loss"] for p in resumed.curve], [p["loss"] for p in reference.curve], rtol=1e-5)
 
 
 def test_a_stale_target_cache_is_converted_again(tiny, tmp_path):

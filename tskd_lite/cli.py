@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import json
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -23,7 +25,11 @@ def _one_line_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with _ctrl_c_kept() as pressed:
+                result = fn(*args, **kwargs)
+                if pressed():  # its KeyboardInterrupt was swallowed on the way (a finaliser, a library)
+                    raise KeyboardInterrupt
+            return result
         except TskdError as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(1)
@@ -45,6 +51,29 @@ def _one_line_errors(fn):
             sys.exit(1)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _ctrl_c_kept():
+    """SIGINT raises KeyboardInterrupt as Python's own handler does, and is also remembered: Python drops an
+    exception raised inside a finaliser (`__del__`, a weakref callback, the garbage collector), so a Ctrl-C landing
+    while a model is freed would otherwise be lost and the command go on to exit 0 (bench/chaos.py saw it in
+    evaluation). Yields a callable: whether Ctrl-C was pressed (never off the main thread: no signals there)."""
+    pressed = [False]
+
+    def on_sigint(signum, frame):
+        pressed[0] = True
+        raise KeyboardInterrupt
+
+    # SIGINT ignored from the start (a background job of a script) stays ignored, as Python leaves it
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield lambda: False
+        return
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield lambda: pressed[0]
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _write_error_log(kwargs: dict) -> Path | None:
@@ -115,8 +144,23 @@ def check(recipe: Path) -> None:
     r = load_recipe(recipe)
     check_outputs(r)
     click.echo(f"{recipe}: ok ({len(r.seeds.prompts)} seed prompts, {r.expand.rounds} rounds, database {r.output.db})")
+    click.echo(f"  pool    {_pool_budget(r.expand)}")
+    if r.target is not None:
+        t = r.train
+        steps = f"at most {t.max_steps} steps" if t.max_steps else "steps follow the kept pairs"
+        click.echo(f"  train   {t.epochs} epochs over the kept pairs, batch {t.batch_size} ({steps})")
     for what, path in _paths(r):
         click.echo(f"  {what:<7} {path}")
+
+
+def _pool_budget(cfg) -> str:
+    """What the pool's budget came to, and which keys the strategy sized because the recipe left them unset."""
+    from tskd_lite.strategies import STRATEGIES
+
+    line = f"{cfg.strategy}: {STRATEGIES[cfg.strategy].budget_line(cfg)}, {cfg.rounds} rounds at most"
+    if cfg.sized_keys:
+        line += f" (sized by the strategy: {', '.join(f'expand.{k}' for k in cfg.sized_keys)} unset)"
+    return line
 
 
 def _paths(r) -> list[tuple[str, Path]]:

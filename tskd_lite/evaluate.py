@@ -78,6 +78,21 @@ def recovered(after: float, teacher: float, chance: float, before: float) -> flo
     return (after - floor) / (teacher - floor) if teacher > floor else None
 
 
+def kept_and_lost(items: list[EvalItem], before: list[str], after: list[str]) -> dict:
+    """Do no harm, item by item on contains: what the target knew before training (right before), how much of it it
+    kept and lost (right before, wrong after), and what it gained (wrong before, right after). A fine-tune can
+    raise the mean while it erases facts the target had; the mean alone does not show it."""
+    right_before = [match(p, it)[1] for p, it in zip(before, items, strict=True)]
+    right_after = [match(p, it)[1] for p, it in zip(after, items, strict=True)]
+    pairs = list(zip(right_before, right_after, strict=True))
+    return {
+        "known_before": sum(right_before),
+        "kept": sum(b and a for b, a in pairs),
+        "lost": sum(b and not a for b, a in pairs),
+        "gained": sum(a and not b for b, a in pairs),
+    }
+
+
 def eval_backend(name: str, engine, render_with, items: list[EvalItem], max_tokens: int, progress: bool) -> dict:
     """A teacher or base row: greedy replies to the items rendered by render_with's template (the teacher's for
     both, as in scoring), and the reference answers' NLL per byte."""

@@ -26,7 +26,7 @@ from tskd_lite.gguf_meta import check_gguf
 from tskd_lite.jsonl import check_input_file, read_eval_file, read_jsonl, read_lines
 from tskd_lite.registry import Registry
 from tskd_lite.select import RULES
-from tskd_lite.strategies import STRATEGIES
+from tskd_lite.strategies import MAX_CANDIDATES, STRATEGIES
 
 # Few-shot and continued as raw text by default (paraphrase_template = "raw"): a 135M instruct model asked in its
 # chat template answers the question instead of rewriting it; continuing a list of rewrites, it rewrites.
@@ -119,8 +119,11 @@ class Expand:
     entities: tuple[str, ...] = ()
     entities_file: Path | None = None
     rounds: int = _int_in(3, 0, 1000, "0: the seeds only")
-    candidates_per_round: int = _positive_int(32, 100_000)
-    target_kept: int = _positive_int(64, 2**31 - 1)  # a threshold only (the benchmark uses 2**30 for "no limit")
+    # Unset, both are sized by the strategy from what the recipe gives (strategies.py, `sized`): a writing
+    # strategy 32 prompts a round and a stop at 64 kept pairs; entities and follow every form x name, no stop
+    # short of the round limit. `check` prints what they came to.
+    candidates_per_round: int | None = _int_in(None, 1, MAX_CANDIDATES, "unset: sized by the strategy")
+    target_kept: int | None = _int_in(None, 1, 2**31 - 1, "a threshold; unset: sized by the strategy")
     few_shot: int = _positive_int(4, 64)
     temperature: float = _number_in(0.9, 0, 10)
     top_p: float = _unit_interval(0.95)
@@ -136,6 +139,8 @@ class Expand:
     # Who rewrites: the un-tuned base by default. Rewording needs no private knowledge, and a fine-tuned teacher
     # asked to rewrite one of its questions answers it instead (seen on the world domain: "In Kamfaistun.").
     paraphrase_writer: str = _one_of("base", "base", "generator")
+    # the keys above that the strategy sized because the recipe left them unset (for `check` to say so)
+    sized_keys: tuple[str, ...] = field(default=(), metadata={"internal": True})
 
 
 @dataclass(frozen=True)
@@ -500,8 +505,10 @@ def _load_entities(cfg: Expand, recipe_path: Path) -> Expand:
         where = f"{recipe_path}: expand.entities_file"
         names += [line.strip() for line in read_lines(cfg.entities_file, where) if line.strip()]
     cfg = dataclasses.replace(cfg, entities=tuple(dict.fromkeys(names)))
-    STRATEGIES[cfg.strategy].check(cfg, f"{recipe_path}: expand")
-    return cfg
+    strategy = STRATEGIES[cfg.strategy]
+    strategy.check(cfg, f"{recipe_path}: expand")
+    sized = {k: v for k, v in strategy.sized(cfg).items() if getattr(cfg, k) is None}
+    return dataclasses.replace(cfg, **sized, sized_keys=tuple(sized))
 
 
 def _read_seed_file(file: Path, recipe_path: Path) -> list[str]:

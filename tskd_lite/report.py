@@ -10,7 +10,7 @@ import numpy as np
 
 from tskd_lite import atomic
 from tskd_lite.errors import TskdError
-from tskd_lite.evaluate import recovered
+from tskd_lite.evaluate import EvalItem, kept_and_lost, recovered
 from tskd_lite.rundir import lock
 from tskd_lite.store import Store
 
@@ -117,6 +117,7 @@ def _write_report(run_dir: Path, info: dict) -> Path:
     evaluation = _read_json(run_dir / "eval.json")
     rows = [{k: v for k, v in r.items() if k != "predictions"} for r in (evaluation or {}).get("rows", [])]
     report = {"dataset": dataset, "train": train, "eval": rows, "recovered": _recovered(rows)}
+    report["kept_and_lost"] = _kept_and_lost(evaluation)
     atomic.write_text(run_dir / "report.json", json.dumps(report, indent=2))
     plots = _plots(run_dir, gaps, dataset["unit"], train)
     atomic.write_text(run_dir / "report.md", _markdown(report, plots))
@@ -128,6 +129,15 @@ def _recovered(rows: list[dict]) -> float | None:
     if not {"teacher", "chance", "target before", "target after"} <= set(by_name):
         return None
     return recovered(by_name["target after"], by_name["teacher"], by_name["chance"], by_name["target before"])
+
+
+def _kept_and_lost(evaluation: dict | None) -> dict | None:
+    """What the target knew before and lost after, item by item (None before a trained evaluation)."""
+    by_name = {r["name"]: r for r in (evaluation or {}).get("rows", [])}
+    if not {"target before", "target after"} <= set(by_name) or "items" not in evaluation:
+        return None
+    items = [EvalItem(i["prompt"], i["answer"], tuple(i.get("aliases") or ())) for i in evaluation["items"]]
+    return kept_and_lost(items, by_name["target before"]["predictions"], by_name["target after"]["predictions"])
 
 
 def _read_json(path: Path) -> dict | None:
@@ -192,6 +202,13 @@ def _markdown(report: dict, plots: list[str]) -> str:
                 "",
                 f"**Recovered: {share:.0%}** of the teacher's advantage on contains, chance-adjusted: "
                 "(target after - floor) / (teacher - floor), floor = max(chance, target before).",
+            ]
+        harm = report.get("kept_and_lost")
+        if harm is not None:
+            out += [
+                "",
+                f"**What the target knew:** right before training on {harm['known_before']} items; kept "
+                f"{harm['kept']}, **lost {harm['lost']}** (right before, wrong after); gained {harm['gained']}.",
             ]
     else:
         out.append("No evaluation yet (the recipe has no [eval] table, or `tskd-lite eval` has not run).")

@@ -95,7 +95,9 @@ def run_arms(domain: Domain, head: dict, names: list[str], budget: Budget, start
     used = arms.pools_of(names)
     pools = [stats.pool_stats(domain, seed, used) for seed in seeds]
     refs, teacher = head["references"], head["teacher"]
-    row = stats.aggregate(domain.name, refs, results, facts, pools, teacher, time.perf_counter() - started)
+    row = stats.aggregate(
+        domain.name, refs, results, facts, pools, teacher, time.perf_counter() - started, domain.items
+    )
     return row | {"reachable": stats.reachable(domain, used, seeds)}
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from bench.facts import measures
 from tskd_lite.dedup import normalise
-from tskd_lite.evaluate import recovered
+from tskd_lite.evaluate import kept_and_lost, recovered
 from tskd_lite.report import summary
 from tskd_lite.store import Store
 
@@ -151,10 +151,24 @@ def mean_facts(per_seed: list[dict | None]) -> dict | None:
     return {k: float(np.mean(v)) if v else None for k, v in values.items()}  # None, not NaN: NaN != NaN
 
 
-def arm_row(results: list[dict], facts: list[dict | None], refs: dict) -> dict:
+def harm(results: list[dict], refs: dict, items: list) -> dict:
+    """Do no harm, over the seeds: the held-out items the untouched target got right, and of those the mean
+    number each seed's trained target got wrong (lost) and the mean it newly got right (gained)."""
+    before = refs["target_before"]["predictions"]
+    per_seed = [kept_and_lost(items, before, r["predictions"]) for r in results]
+    return {
+        "known_before": per_seed[0]["known_before"],
+        "lost": float(np.mean([h["lost"] for h in per_seed])),
+        "gained": float(np.mean([h["gained"] for h in per_seed])),
+        "below_start": float(np.mean([r["contains"] for r in results])) < refs["target_before"]["contains"],
+    }
+
+
+def arm_row(results: list[dict], facts: list[dict | None], refs: dict, items: list) -> dict:
     """One arm over the seeds."""
     nll = mean_sd([r["nll_per_byte"] for r in results])
     return {
+        "harm": harm(results, refs, items),
         "contains": mean_sd([r["contains"] for r in results]),
         "recovered": recovered_per_seed(results, refs),
         "nll_per_byte": nll,
@@ -176,8 +190,9 @@ def aggregate(
     pools: list[dict],
     teacher: dict,
     seconds: float,
+    items: list,
 ) -> dict:
-    table = {arm: arm_row(results, facts.get(arm, []), refs) for arm, results in arms.items()}
+    table = {arm: arm_row(results, facts.get(arm, []), refs, items) for arm, results in arms.items()}
     versus = None
     if {"full", "no_selection"} <= set(arms):
         # Paired by seed; NLL is negated so that a positive difference means full is better on both measures.

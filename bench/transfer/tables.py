@@ -49,6 +49,15 @@ def _mean_sd(v: dict) -> str:
     return f"{v['mean']:.3f} ± {v['sd']:.3f}"
 
 
+def _harm(h: dict | None) -> str:
+    """Items the target knew before and got wrong after (mean over seeds), over those it knew; bold when the
+    arm ended below the target's own start."""
+    if h is None:
+        return ""
+    text = f"{h['lost']:.1f} / {h['known_before']}"
+    return f"**{text}**" if h["below_start"] else text
+
+
 def _fact(key: str) -> Callable[[dict], str]:
     return lambda row: _pct((row["facts"] or {}).get(key))
 
@@ -69,6 +78,7 @@ ARM_COLUMNS = (
     Column("answer tokens", lambda a: f"{a['answer_tokens']:.0f}"),
     Column("train min", lambda a: f"{a['train_s'] / 60:.1f}"),
     Column("compute min", lambda a: f"{a['compute_s'] / 60:.1f}"),
+    Column("lost / known before", lambda a: _harm(a.get("harm"))),
     Column("coverage", _fact("coverage")),
     Column("precision", _fact("precision")),
     Column("wrong rate", _fact("wrong_rate")),

@@ -55,6 +55,11 @@ class TrainState:
         self.stale_epochs += 1
         return False
 
+    def stopped(self, patience: int) -> bool:
+        """Whether early stopping has ended the training: the held-out loss has not improved for `patience`
+        epochs (never without patience)."""
+        return bool(patience) and self.stale_epochs >= patience
+
     def summary(self) -> dict:
         """TrainResult's fields that come from the loop."""
         return {

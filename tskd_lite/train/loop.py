@@ -63,7 +63,7 @@ def train(target: Target, cfg: Train, out: Path, pairs: list[Pair], *, progress:
     bar = _progress_bar(total_steps, state.step, progress)
     interrupted = _defer_ctrl_c()
     try:
-        while state.step < total_steps:
+        while state.step < total_steps and not state.stopped(cfg.patience):
             step, started = state.step, time.perf_counter()
             # micro-steps: the step's grad_accum batches, forward and backward
             batches = step_batches(train_set, step, per_epoch, cfg)
@@ -87,10 +87,7 @@ def train(target: Target, cfg: Train, out: Path, pairs: list[Pair], *, progress:
             # log
             bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{state.answer_tokens / state.seconds:.0f}")
             bar.update()
-            # stop, checkpoint
-            if stop:
-                log(_stopped_early(state, cfg.patience))
-                break
+            # checkpoint, stop (Ctrl-C first: the step that stops early saves too, and its resume stops at once)
             if state.step % cfg.checkpoint_every == 0 and state.step < total_steps:
                 save_checkpoint(ckpt, state, fingerprint, model, optimizer, scheduler)
             if interrupted():  # Ctrl-C: the step is finished; save it, so that the resume loses nothing
@@ -98,6 +95,8 @@ def train(target: Target, cfg: Train, out: Path, pairs: list[Pair], *, progress:
                 save_checkpoint(ckpt, state, fingerprint, model, optimizer, scheduler)
                 log(f"interrupted: training saved at step {state.step} of {total_steps} in {ckpt}")
                 raise KeyboardInterrupt
+            if stop:
+                log(_stopped_early(state, cfg.patience))
     finally:
         interrupted.restore()
     bar.close()
@@ -105,6 +104,8 @@ def train(target: Target, cfg: Train, out: Path, pairs: list[Pair], *, progress:
     # -- outputs: the best weights, the adapter, the merged model, the GGUF LoRA, train.json -----------------------
     if state.step % cfg.checkpoint_every:  # a kill while the outputs are written loses no step
         save_checkpoint(ckpt, state, fingerprint, model, optimizer, scheduler)
+    if interrupted.pressed:  # pressed after the loop's last check: saved above, the outputs not started
+        raise KeyboardInterrupt
     if state.best_weights is not None and state.best["step"] != state.step:
         load_lora_weights(model, state.best_weights)
     run = dict(mode=hw.mode, device=str(hw.device), template=fmt.kind, n_train=len(train_set), n_val=len(val_set))
