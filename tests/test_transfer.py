@@ -94,10 +94,10 @@ def test_quick_mode_runs_every_arm_and_resumes_from_its_cache(tiny, tmp_path):
     assert sum(r["paraphrases"] for r in pools["full_aug"]["rounds"]) > 0
     assert not any(r["paraphrases"] for r in pools["full"]["rounds"])
     assert domain["arms"]["oracle_aug"]["pairs"][0] >= domain["arms"]["oracle"]["pairs"][0]
-    # templates x entities: the seeds' form asked about other listed names, at most the round's candidates, each
-    # new to the run; the seeds name 5 of the 24 entities, the list all of them
+    # templates x entities: every form asked about every other listed name in the first round, whatever the other
+    # pools' prompt budget, and nothing new after it; the seeds name 5 of the 24 entities, the list all of them
     entities = [r["candidates"] for r in pools["entities"]["rounds"][1:]]
-    assert entities and all(0 < n <= candidates for n in entities)
+    assert len(entities) == 1 and entities[0] > candidates
     assert domain["reachable"]["entity list"] == 1.0
     assert domain["reachable"]["seeds"] < domain["reachable"]["entities pool"]
     md = (tmp_path / "work" / "transfer-results.md").read_text()
@@ -180,7 +180,8 @@ def test_pool_overrides_and_cache_paths_are_those_the_cached_runs_were_made_with
         recipe=SimpleNamespace(expand=expand), settings=transfer.Settings(seeds=[0]), folder=tmp_path / "world"
     )
     every = {"target_kept": 1 << 30}
-    entities = {**every, "strategy": "entities", "entities_file": str(tmp_path / "world" / "entities.txt")}
+    every_name = {**every, "candidates_per_round": 100_000}
+    entities = {**every_name, "strategy": "entities", "entities_file": str(tmp_path / "world" / "entities.txt")}
     contrast = {"select": {"rule": "contrast"}}
     expected = {
         "full": {"expand": every},
@@ -191,7 +192,7 @@ def test_pool_overrides_and_cache_paths_are_those_the_cached_runs_were_made_with
         "sample": {"expand": {**every, "strategy": "sample"}},
         "full_contrast": {"expand": every} | contrast,
         "entities_contrast": {"expand": entities} | contrast,
-        "follow_contrast": {"expand": {**every, "strategy": "follow"}} | contrast,
+        "follow_contrast": {"expand": {**every_name, "strategy": "follow"}} | contrast,
     }
     assert {pool: arms.REGISTRY[pool].overrides(domain) for pool in transfer.POOLS} == expected
     with pytest.raises(NotImplementedError):
@@ -214,7 +215,7 @@ def test_pool_overrides_and_cache_paths_are_those_the_cached_runs_were_made_with
     # the settings as results record them: rounds only with --quick, the curve's extra grid never
     assert list(transfer.Settings(seeds=[0]).as_json()) == [
         "seeds", "pairs", "steps", "eval_limit", "teacher_epochs", "teacher_patience", "teacher_lr", "quick",
-        "curve_pairs", "curve_steps", "aim", "paraphrases", "candidates", "rank", "lr",
+        "curve_pairs", "curve_steps", "aim", "paraphrases", "candidates", "rank", "lr", "epochs",
     ]  # fmt: skip
     assert transfer.Settings(seeds=[0, 1]).quick_mode().as_json()["rounds"] == 2
 
@@ -305,3 +306,17 @@ def test_evals_domain_splits_a_registry_task_without_overlap(tmp_path):
     assert len(seeds) == 5 and set(seeds) <= train_prompts
     for t in test:
         assert t["answer"] == f"January {int(t['prompt'][-2:])}, 2001."
+
+
+def test_an_arms_steps_follow_the_pairs_it_drew_unless_fixed():
+    """Epochs over the arm's own pairs: the world's 144 pairs get the 72 steps --curve chose there, five seed pairs
+    get 3 (72 steps on them erased what the target knew); --steps fixes them for every arm."""
+    train = SimpleNamespace(batch_size=8, grad_accum=1)
+    domain = SimpleNamespace(recipe=SimpleNamespace(train=train), settings=transfer.Settings(seeds=[0]))
+    sized = transfer.Budget(747, None, 16, 1e-3)
+    assert [transfer.Domain.resolved(domain, sized, n).steps for n in (144, 5, 747, 0)] == [72, 3, 374, 1]
+    assert transfer.Domain.resolved(domain, sized, 144).key == "p747-s72-r16-lr0.001"
+    fixed = transfer.Budget(144, 72, 16, 1e-3)
+    assert transfer.Domain.resolved(domain, fixed, 5) is fixed
+    with pytest.raises(ValueError, match="resolved"):
+        _ = sized.key

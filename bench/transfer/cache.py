@@ -10,7 +10,7 @@ Each name below is a cache key: a step is found again by its path alone, so thes
         seed<seed>/<arm><variant>/train-<budget>/              an arm's training (the adapter; merged/ removed)
         seed<seed>/<arm><variant>/result-<budget>-n<eval_limit>.json   its scores
 
-variant is "-c<candidates>" where --candidates (or --quick) sets the prompts per round, else "".
+variant is "-c<candidates>", the prompts per round of every pool (--candidates, --quick, or sized for the domain).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class Layout:
 
     work: Path
     settings: Settings
+    candidates: int | None = None  # the pools' prompts per round, where the benchmark sized them (Domain)
 
     @property
     def teacher_key(self) -> str:
@@ -51,8 +52,9 @@ class Layout:
 
     @property
     def variant(self) -> str:
-        """Pools grown with another prompt budget (--candidates) are cached apart from the default ones."""
-        return f"-c{self.settings.candidates}" if self.settings.candidates else ""
+        """Pools grown with another prompt budget (--candidates, or sized for the domain) are cached apart."""
+        candidates = self.candidates or self.settings.candidates
+        return f"-c{candidates}" if candidates else ""
 
     @property
     def root(self) -> Path:

@@ -35,8 +35,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "transfer.toml")
     p.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (--curve: 0)")
     p.add_argument("--arms", nargs="+", choices=arms.ARMS, default=list(arms.DEFAULT_ARMS), help="listed below")
-    p.add_argument("--pairs", type=int, default=d.pairs, help="training pairs per arm (from --curve)")
-    p.add_argument("--steps", type=int, default=d.steps, help="training steps per arm (from --curve)")
+    p.add_argument("--pairs", type=int, help="training pairs per arm (default: the domain's train.jsonl size)")
+    p.add_argument("--steps", type=int, help="fixed training steps per arm (default: --epochs over its pairs)")
+    p.add_argument("--epochs", type=float, default=d.epochs, help="passes over an arm's pairs without --steps")
     p.add_argument("--rank", type=int, help="LoRA rank of the target (default: the recipe's)")
     p.add_argument("--lr", type=float, help="the target's learning rate (default: the recipe's)")
     p.add_argument("--eval-limit", type=int, default=d.eval_limit, help="held-out items per domain (0: all)")
@@ -78,6 +79,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
         curve_steps=args.curve_steps,
         aim=args.aim,
         paraphrases=args.paraphrases,
+        epochs=args.epochs,
         candidates=args.candidates,
         curve_ranks=args.curve_ranks,
         curve_lrs=args.curve_lrs,
@@ -98,7 +100,8 @@ def run_arms(domain: Domain, head: dict, names: list[str], budget: Budget, start
     row = stats.aggregate(
         domain.name, refs, results, facts, pools, teacher, time.perf_counter() - started, domain.items
     )
-    return row | {"reachable": stats.reachable(domain, used, seeds)}
+    sized = {"size": domain.size, "pairs": domain.pairs, "candidates_per_round": domain.candidates}
+    return row | {"reachable": stats.reachable(domain, used, seeds), "budget": sized}
 
 
 def run_curve(domain: Domain, refs: dict, settings: Settings) -> list[dict]:
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.curve:
             domains.append(head | {"points": run_curve(domain, refs, settings)})
             continue
-        budget = Budget(settings.pairs, settings.steps, settings.rank, settings.lr)
+        budget = Budget(domain.pairs, settings.steps, settings.rank, settings.lr)
         domains.append(run_arms(domain, head, args.arms, budget, t0))
     command = f"{COMMAND} " + " ".join(argv if argv is not None else sys.argv[1:])
     results = {"command": command, "settings": settings.as_json(), "domains": domains}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import tempfile
 import tomllib
@@ -15,7 +16,7 @@ from tskd_lite.errors import TskdError
 from tskd_lite.evaluate import eval_transformers, evaluate, read_eval_file
 from tskd_lite.recipe import Recipe, load_recipe, merged
 from tskd_lite.target import Formatter, hf_dir
-from tskd_lite.train import make_teacher, teacher_settings, train
+from tskd_lite.train import make_teacher, read_pairs, teacher_settings, train
 
 from .arms import REGISTRY
 from .cache import Layout, cached
@@ -42,7 +43,6 @@ class Domain:
 
     def __init__(self, name: str, folder: Path, recipe_path: Path, work: Path, settings: Settings, progress: bool):
         self.name, self.folder, self.work, self.settings, self.progress = name, folder, work / name, settings, progress
-        self.layout = Layout(self.work, settings)
         for f in ("train.jsonl", "test.jsonl", "seeds.txt"):
             if not (folder / f).is_file():
                 raise SystemExit(f"{folder}: domain {name} needs {f}")
@@ -52,10 +52,17 @@ class Domain:
             self.own = tomllib.loads(own.read_text()) if own.is_file() else {}
         except tomllib.TOMLDecodeError as e:
             raise SystemExit(f"{own}: not valid TOML: {e}") from None
+        self.candidates = settings.candidates  # prompts per round of every pool; sized below where unset
         try:
             self.recipe = self.load({})  # without the teacher's adapter: the base settings every arm starts from
+            self.size = len(read_pairs(folder / "train.jsonl"))
         except TskdError as e:
             raise SystemExit(f"domain {name} ({folder}): {e}") from None
+        self.pairs = settings.pairs or self.size
+        if self.candidates is None:  # as many prompts over a pool's rounds as there are pairs to train on
+            self.candidates = max(self.recipe.expand.candidates_per_round, -(-self.pairs // self.recipe.expand.rounds))
+            self.recipe = self.load({})
+        self.layout = Layout(self.work, settings, self.candidates)
         self.items = read_eval_file(folder / "test.jsonl", "test.jsonl")[: settings.eval_limit or None]
 
     def load(self, overrides: dict) -> Recipe:
@@ -65,11 +72,9 @@ class Domain:
         }
         layers = [domain, self.own, overrides]
         if self.settings.quick:
-            layers.insert(
-                1, {"expand": {"rounds": self.settings.rounds, "candidates_per_round": self.settings.candidates}}
-            )
-        elif self.settings.candidates:
-            layers.insert(1, {"expand": {"candidates_per_round": self.settings.candidates}})
+            layers.insert(1, {"expand": {"rounds": self.settings.rounds, "candidates_per_round": self.candidates}})
+        elif self.candidates:
+            layers.insert(1, {"expand": {"candidates_per_round": self.candidates}})
         combined: dict = {}
         for layer in layers:
             combined = merged(combined, layer)
@@ -153,10 +158,19 @@ class Domain:
 
     def arm(self, arm: str, seed: int, budget: Budget) -> dict:
         """The target trained on the arm's pairs and scored on the held-out items (cached)."""
-        return cached(self.layout.result(arm, seed, budget), lambda: self._train(arm, seed, budget))
-
-    def _train(self, arm: str, seed: int, budget: Budget) -> dict:
         pairs = self.arm_pairs(arm, seed, budget.pairs)
+        budget = self.resolved(budget, len(pairs))
+        return cached(self.layout.result(arm, seed, budget), lambda: self._train(arm, seed, budget, pairs))
+
+    def resolved(self, budget: Budget, n: int) -> Budget:
+        """The budget with its steps: the fixed ones, else Settings.epochs over the n pairs the arm drew (so an
+        arm of five pairs is not trained for as long as one of hundreds, which erased what the target knew)."""
+        if budget.steps is not None:
+            return budget
+        per_step = self.recipe.train.batch_size * self.recipe.train.grad_accum
+        return dataclasses.replace(budget, steps=max(1, math.ceil(self.settings.epochs * n / per_step)))
+
+    def _train(self, arm: str, seed: int, budget: Budget, pairs: list) -> dict:
         if not pairs:  # a pool that kept nothing leaves the target as it was
             log(f"[{self.name} seed {seed}] {arm}: no pairs to train on; the target stays untouched")
             untouched = {k: v for k, v in self.references()["target_before"].items() if k != "compute_s"}

@@ -22,8 +22,12 @@ class Settings:
     """The design every domain of one invocation shares; the field order is the order of results' "settings"."""
 
     seeds: list[int]
-    pairs: int = 144  # training pairs per arm (the budget --curve chose)
-    steps: int = 72  # training steps per arm (likewise)
+    # Budgets follow the domain: an arm trains on up to `pairs` pairs (None: as many as the teacher's own data,
+    # the domain's train.jsonl), for `epochs` passes over what it drew (None steps) or a fixed `steps`; each pool
+    # writes as many prompts over its rounds as there are pairs to train on. Fixed budgets set for the world
+    # (144 pairs, 72 steps) asked a fifth of a 747-pair domain, and 72 steps on 5 pairs erased what the target knew.
+    pairs: int | None = None
+    steps: int | None = None
     eval_limit: int = 48  # held-out items per domain (0: all)
     teacher_epochs: int = 12  # at most; stopped on held-out loss
     teacher_patience: int = 2
@@ -40,6 +44,7 @@ class Settings:
     # --curve's grid beyond pairs x steps (None: rank, lr); not recorded in the results
     curve_ranks: list[int] | None = dataclasses.field(default=None, metadata={"recorded": False})
     curve_lrs: list[float] | None = dataclasses.field(default=None, metadata={"recorded": False})
+    epochs: float = 4.0  # passes over an arm's pairs where steps is None: --curve's 72 steps x 8 over 144 pairs
 
     def quick_mode(self) -> Settings:
         return dataclasses.replace(self, **QUICK, quick=True, seeds=self.seeds[:1])
@@ -57,10 +62,12 @@ class Budget:
     """What one arm's training gets: pairs drawn, optimiser steps, LoRA rank and learning rate."""
 
     pairs: int
-    steps: int
+    steps: int | None  # None: Settings.epochs over the pairs the arm draws (Domain.resolved sets it)
     rank: int
     lr: float
 
     @property
     def key(self) -> str:
+        if self.steps is None:
+            raise ValueError("a budget's steps are resolved for the arm's pairs before it is a cache key")
         return f"p{self.pairs}-s{self.steps}-r{self.rank}-lr{self.lr:g}"

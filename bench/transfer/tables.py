@@ -139,9 +139,9 @@ def markdown(results: dict) -> str:
     lines = [
         "# Transfer benchmark",
         "",
-        f"`{results['command']}`: seeds {st['seeds']}; every arm trains {st['steps']} steps on up to {st['pairs']} "
-        f"pairs (LoRA rank {st['rank']}, learning rate {st['lr']:g}); this invocation's wall time "
-        f"{results['wall_s'] / 60:.1f} min (steps already cached are read, not recomputed).",
+        f"`{results['command']}`: seeds {st['seeds']}; {_training(st)} (LoRA rank {st['rank']}, learning rate "
+        f"{st['lr']:g}); this invocation's wall time {results['wall_s'] / 60:.1f} min (steps already cached are "
+        "read, not recomputed).",
         "",
         "**Recovered** (the headline): (arm - floor) / (teacher - floor) on contains, floor = max(chance row, target "
         "before), per seed, mean ± sd. Contains: the reference answer inside the model's answer, on held-out items. "
@@ -154,9 +154,26 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _training(st: dict) -> str:
+    """How every arm was trained, as the settings say (results from before budgets followed the domain have a
+    fixed pairs and steps and no epochs)."""
+    pairs = f"up to {st['pairs']} pairs" if st.get("pairs") else "up to the domain's budget of pairs (below)"
+    if st.get("steps"):
+        return f"every arm trains {st['steps']} steps on {pairs}"
+    return f"every arm trains {st['epochs']:g} epochs over the pairs it draws, {pairs}"
+
+
 def _domain_head(d: dict) -> list[str]:
     r = d["references"]
     lines = ["", f"## {d['domain']} ({r['teacher']['n']} held-out items)", "", *teacher_lines(d), ""]
+    if d.get("budget"):
+        b = d["budget"]
+        lines += [
+            f"Budget from the domain's size ({b['size']} training pairs of the teacher's): up to {b['pairs']} "
+            f"pairs per arm; {b['candidates_per_round']} prompts a round in each written pool (entities and "
+            "follow: every form x name).",
+            "",
+        ]
     if d.get("reachable"):
         lines += [
             "Reachable ceiling (share of the held-out facts whose entity is named by): "
