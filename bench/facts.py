@@ -9,6 +9,8 @@ the domain's values (the teacher answering an invented name in the world's style
 for a fact when its prompt names the entity and its reference answer is the fact's value.
 
 Per pool (the kept pairs):
+  in-domain     pairs whose prompt names an entity of the domain, among all pairs (what a selection rule should
+                keep when a general model writes the prompts: the drift measure)
   coverage      distinct held-out facts that some pair states correctly, over the held-out facts asked
   precision     pairs that state a correct fact, among the pairs that name an entity of the domain
   wrong rate    pairs that state a wrong value (confident guessing), among all pairs
@@ -115,6 +117,7 @@ def measures(pairs: list[tuple[str, str]], index: FactIndex) -> dict:
         "stating_a_true_fact": correct,
         "facts_stated": len(stated),
         "held_out_facts": len(index.asked),
+        "in_domain": named / len(pairs) if pairs else None,
         "coverage": len(stated & index.asked) / len(index.asked) if index.asked else None,
         "precision": correct / named if named else None,
         "wrong_rate": wrong / len(pairs) if pairs else None,

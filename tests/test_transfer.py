@@ -149,14 +149,14 @@ def test_each_arm_is_one_registered_entry_and_the_readme_and_help_are_made_from_
     # the arms, the defaults and the pools' order as they were before the registry (results and caches rely on them)
     assert transfer.ARMS == (
         "seeds_only", "no_selection", "one_round", "full", "token_level", "oracle", "full_aug", "oracle_aug",
-        "entities", "sample", "full_contrast", "entities_contrast", "follow_contrast",
+        "entities", "sample", "full_contrast", "full_token_gap", "entities_contrast", "follow_contrast",
     )  # fmt: skip
     assert transfer.DEFAULT_ARMS == (
         "seeds_only", "no_selection", "full", "oracle", "entities", "entities_contrast", "follow_contrast",
     )  # fmt: skip
     assert transfer.POOLS == (
-        "full", "no_selection", "one_round", "full_aug", "entities", "sample", "full_contrast", "entities_contrast",
-        "follow_contrast",
+        "full", "no_selection", "one_round", "full_aug", "entities", "sample", "full_contrast", "full_token_gap",
+        "entities_contrast", "follow_contrast",
     )  # fmt: skip
     assert {a: arms.REGISTRY[a].pool for a in ("seeds_only", "token_level", "oracle", "oracle_aug")} == {
         "seeds_only": "full", "token_level": "full", "oracle": None, "oracle_aug": None,
@@ -191,6 +191,7 @@ def test_pool_overrides_and_cache_paths_are_those_the_cached_runs_were_made_with
         "entities": {"expand": entities},
         "sample": {"expand": {**every, "strategy": "sample"}},
         "full_contrast": {"expand": every} | contrast,
+        "full_token_gap": {"expand": every, "select": {"rule": "token_gap"}},
         "entities_contrast": {"expand": entities} | contrast,
         "follow_contrast": {"expand": {**every_name, "strategy": "follow"}} | contrast,
     }

@@ -235,6 +235,16 @@ class FullContrast(Full):
 
 
 @register
+class FullTokenGap(Full):
+    name = "full_token_gap"
+    description = "full's recipe with the token-gap keep rule (`select.rule = \"token_gap\"`: TiTok's lift as a rule)"
+    default = False
+
+    def overrides(self, domain: Domain) -> dict:
+        return super().overrides(domain) | {"select": {"rule": "token_gap"}}
+
+
+@register
 class EntitiesContrast(Entities):
     name = "entities_contrast"
     description = "entities' recipe with the contrast keep rule"

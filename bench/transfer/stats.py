@@ -146,8 +146,8 @@ def nll_recovered(nll: float, refs: dict) -> float | None:
 def mean_facts(per_seed: list[dict | None]) -> dict | None:
     if not per_seed or per_seed[0] is None:
         return None
-    keys = ("coverage", "precision", "wrong_rate", "facts_stated")
-    values = {k: [m[k] for m in per_seed if m[k] is not None] for k in keys}
+    keys = ("in_domain", "coverage", "precision", "wrong_rate", "facts_stated")
+    values = {k: [m[k] for m in per_seed if m.get(k) is not None] for k in keys}
     return {k: float(np.mean(v)) if v else None for k, v in values.items()}  # None, not NaN: NaN != NaN
 
 
