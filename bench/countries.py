@@ -16,6 +16,7 @@ Deterministic: the table is fixed, --seed only picks the five seeds. Writes, int
   facts.jsonl  the ground truth, one (entity, attribute, value, aliases) per line: the fact-level pool measures
 
     python bench/countries.py --out data/countries [--seed 0]
+    python bench/countries.py --out data/countries-drift --drift     a general model writes the prompts (drift)
 """
 
 from __future__ import annotations
@@ -227,10 +228,37 @@ def write(out: Path, seed: int) -> None:
                 )
 
 
+# The drift variant: a general instruct model (the un-tuned SmolLM2, the benchmark's base) writes the prompts from
+# the country seeds mixed with general questions, so that a share of the candidates ask what the tuned teacher knows
+# no better than its base; a keep rule should drop those and keep the in-domain ones (bench/facts.py: in-domain).
+DRIFT_GENERATOR = "../models/SmolLM2-135M-Instruct.Q4_1.gguf"  # relative to recipes/, as the shared recipe's paths
+DRIFT_INSTRUCTION = """Here are questions people asked an assistant:
+
+{examples}
+
+Write one new question someone might ask. Reply with the question only."""
+GENERAL = Path(__file__).resolve().parent / "prompts.jsonl"  # general-knowledge questions, not about countries
+
+
+def write_drift(out: Path, general: int = 10) -> None:
+    """Turn a written domain into its drift variant: general seeds beside the country ones, a general writer."""
+    questions = [json.loads(line)["prompt"] for line in GENERAL.read_text(encoding="utf-8").splitlines()][:general]
+    seeds = (out / "seeds.txt").read_text(encoding="utf-8").splitlines()
+    (out / "seeds.txt").write_text("\n".join(seeds + questions) + "\n", encoding="utf-8")
+    (out / "recipe.toml").write_text(
+        f"[generator]\nmodel = {json.dumps(DRIFT_GENERATOR)}\nn_ctx = 512\n\n"
+        f"[expand]\ninstruction = {json.dumps(DRIFT_INSTRUCTION)}\n",
+        encoding="utf-8",
+    )
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--drift", action="store_true", help="general seeds and a general writer (write_drift)")
     args = parser.parse_args()
     write(args.out, args.seed)
+    if args.drift:
+        write_drift(args.out)
     print(f"{args.out}: {len(COUNTRIES)} countries, {len(COUNTRIES) * len(ATTRIBUTES)} facts")

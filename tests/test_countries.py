@@ -94,3 +94,15 @@ def test_calling_codes_are_plus_and_digits(domain):
 def test_recipe_holds_an_instruction_with_the_examples_slot(domain):
     recipe = tomllib.loads((domain / "recipe.toml").read_text(encoding="utf-8"))
     assert "{examples}" in recipe["expand"]["instruction"]
+
+
+def test_the_drift_variant_mixes_general_seeds_and_a_general_writer(tmp_path):
+    countries.write(tmp_path, 0)
+    plain = (tmp_path / "seeds.txt").read_text(encoding="utf-8").splitlines()
+    countries.write_drift(tmp_path)
+    seeds = (tmp_path / "seeds.txt").read_text(encoding="utf-8").splitlines()
+    assert seeds[:5] == plain and len(seeds) == 15
+    assert not any(name in s for s in seeds[5:] for name in (tmp_path / "entities.txt").read_text().splitlines())
+    recipe = tomllib.loads((tmp_path / "recipe.toml").read_text(encoding="utf-8"))
+    assert recipe["generator"]["model"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert "{examples}" in recipe["expand"]["instruction"]
