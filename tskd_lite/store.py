@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from typing import Any
 
 import sqlite_utils
 
-from tskd_lite import locks
+from tskd_lite import atomic, locks
 from tskd_lite.errors import TskdError
 from tskd_lite.migrations import SCHEMA_VERSION, migrate
 
@@ -48,6 +49,8 @@ class Store:
         elif not self.path.is_file():
             raise TskdError(f"{self.path}: database not found")
         try:
+            if write and not os.path.lexists(self.path):
+                _create_whole(self.path)
             self.db = sqlite_utils.Database(self.path)
             try:
                 tables = set(self.db.table_names())
@@ -375,6 +378,33 @@ class Store:
 
 # What makes a database a tskd-lite store: a table of another program that happens to be called "runs" is not one.
 _OUR_RUN_COLUMNS = {"id", "created", "recipe_json", "recipe_hash", "status", "message", "unit", "elapsed_s"}
+
+
+def _create_whole(path: Path) -> None:
+    """A new store appears whole or not at all: its schema is made in a temporary file beside it, linked in under
+    its name once committed and flushed. Made in place, a kill between the first write and the schema's commit left
+    a database with no tables, which the next run rightly took for someone else's (bench/chaos.py, a SIGKILL at
+    0.5 s). The caller holds the database's lock, so temporary files of earlier, killed creations are removed."""
+    for stale in path.parent.glob(f".{path.name}.*.part"):
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        db = sqlite_utils.Database(tmp)
+        try:
+            with db.atomic():
+                migrate(db)
+        finally:
+            db.close()
+        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(tmp, path)  # never over a file another program made meanwhile (FileExistsError)
+        atomic.fsync_dir(path.parent)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _check_ours(db: sqlite_utils.Database, tables: set[str], path: Path) -> None:
