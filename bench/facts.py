@@ -93,11 +93,13 @@ class FactIndex:
         correct = {f for e in named for f in self.by_entity[e] if _says(said, f)}
         wrong = False
         for attribute, facts in self.values.items():
-            mentioned = {f.value for f in facts if _says(said, f)}
+            # where values are entities (works at, located in), the names the prompt asks about are not guesses
+            mentioned = {f.value for f in facts if _says(said, f)} - set(named)
             if not mentioned:
                 continue
             own = {f.value for e in named for f in self.by_entity[e] if f.attribute == attribute}
-            if not named or (mentioned - own and not mentioned & own):
+            # an attribute the named entity does not have (a person's answer naming its employer's town) is context
+            if not named or (own and mentioned - own and not mentioned & own):
                 wrong = True
         return {"named": named, "correct": correct, "wrong": wrong}
 
