@@ -44,6 +44,15 @@ bench: models
 world: setup
     {{bin}}/python bench/world.py --out data/world
 
+# The connected invented world (bench/connected.py): facts that name each other, every entity reachable from the seeds
+connected: setup
+    {{bin}}/python bench/connected.py --out data/connected
+
+# Real countries the target partly knows (bench/countries.py), and the drift variant (a general model writes prompts)
+countries: setup
+    {{bin}}/python bench/countries.py --out data/countries
+    {{bin}}/python bench/countries.py --out data/countries-drift --drift
+
 # A real skill from the `evals` package on PyPI (wheel downloaded, read as a zip, not installed): date formatting
 dates: setup
     #!/usr/bin/env bash
