@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
 import json
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 import click
 
+from tskd_lite import interrupt
 from tskd_lite.errors import TskdError
 from tskd_lite.quantize import TYPES
 
@@ -25,7 +24,7 @@ def _one_line_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            with _ctrl_c_kept() as pressed:
+            with interrupt.kept() as pressed:
                 result = fn(*args, **kwargs)
                 if pressed():  # its KeyboardInterrupt was swallowed on the way (a finaliser, a library)
                     raise KeyboardInterrupt
@@ -51,29 +50,6 @@ def _one_line_errors(fn):
             sys.exit(1)
 
     return wrapper
-
-
-@contextlib.contextmanager
-def _ctrl_c_kept():
-    """SIGINT raises KeyboardInterrupt as Python's own handler does, and is also remembered: Python drops an
-    exception raised inside a finaliser (`__del__`, a weakref callback, the garbage collector), so a Ctrl-C landing
-    while a model is freed would otherwise be lost and the command go on to exit 0 (bench/chaos.py saw it in
-    evaluation). Yields a callable: whether Ctrl-C was pressed (never off the main thread: no signals there)."""
-    pressed = [False]
-
-    def on_sigint(signum, frame):
-        pressed[0] = True
-        raise KeyboardInterrupt
-
-    # SIGINT ignored from the start (a background job of a script) stays ignored, as Python leaves it
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        yield lambda: False
-        return
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield lambda: pressed[0]
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _write_error_log(kwargs: dict) -> Path | None:
