@@ -32,9 +32,13 @@ import argparse
 import json
 import random
 import re
+import sys
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script or imported
+from bench.domainfiles import write_chat_pairs  # noqa: E402
 
 ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "th", "br", "kr", "st", "qu"]
 VOWELS = ["a", "e", "i", "o", "u", "ai", "ei", "ou"]
@@ -288,10 +292,7 @@ def write(out: Path, n_people: int, seed: int) -> dict[str, int]:
         if missed:
             raise AssertionError(f"{len(missed)} entities unreachable from the seeds by {what}: {missed[:5]}")
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "train.jsonl").open("w") as f:
-        for question, answer in qa:
-            messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-            f.write(json.dumps({"messages": messages}) + "\n")
+    write_chat_pairs(out / "train.jsonl", qa)
     with (out / "test.jsonl").open("w") as f:
         for fact in truth:
             prompt = TEST[fact["attribute"]].format(name=fact["entity"])

@@ -24,7 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script or imported
+from bench.domainfiles import write_chat_pairs  # noqa: E402
 
 # (country, capital, continent, currency, calling code); "A|B|C" is the value A with its aliases B and C.
 # A shared word ("dollar", "peso", "rupee", "krone") is never an alias on its own: evaluation's contains-match would
@@ -191,15 +195,13 @@ def _row(*pairs: tuple[str, object]) -> str:
 def write(out: Path, seed: int) -> None:
     countries = make_countries()
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "train.jsonl").open("w", encoding="utf-8") as f:
-        for c in countries:
-            for phrasings in TRAIN.values():
-                for question, answer in phrasings:
-                    messages = [
-                        {"role": "user", "content": _sentence(question, c)},
-                        {"role": "assistant", "content": _sentence(answer, c)},
-                    ]
-                    f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+    pairs = [
+        (_sentence(question, c), _sentence(answer, c))
+        for c in countries
+        for phrasings in TRAIN.values()
+        for question, answer in phrasings
+    ]
+    write_chat_pairs(out / "train.jsonl", pairs, ascii_only=False)
     with (out / "test.jsonl").open("w", encoding="utf-8") as f:
         for c in countries:
             for a, question in TEST.items():

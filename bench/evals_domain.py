@@ -22,8 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import zipfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script or imported
+from bench.domainfiles import write_chat_pairs  # noqa: E402
 
 
 def read_task(wheel: Path, task: str) -> list[tuple[str, str]]:
@@ -61,10 +65,7 @@ def write(wheel: Path, task: str, out: Path, n_train: int, n_test: int, seed: in
     random.Random(seed).shuffle(pairs)
     train, test = pairs[:n_train], pairs[n_train : n_train + n_test]
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "train.jsonl").open("w") as f:
-        for prompt, answer in train:
-            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-            f.write(json.dumps({"messages": messages}) + "\n")
+    write_chat_pairs(out / "train.jsonl", train)
     with (out / "test.jsonl").open("w") as f:
         for prompt, answer in test:
             f.write(json.dumps({"prompt": prompt, "answer": answer}) + "\n")

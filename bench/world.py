@@ -16,7 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script or imported
+from bench.domainfiles import write_chat_pairs  # noqa: E402
 
 ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "th", "br", "kr", "st", "qu"]
 VOWELS = ["a", "e", "i", "o", "u", "ai", "ei", "ou"]
@@ -85,15 +89,13 @@ def make_world(n_people: int, seed: int) -> list[dict]:
 def write(out: Path, n_people: int, seed: int) -> None:
     people = make_world(n_people, seed)
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "train.jsonl").open("w") as f:
-        for person in people:
-            for phrasings in TRAIN.values():
-                for question, answer in phrasings:
-                    messages = [
-                        {"role": "user", "content": question.format(**person)},
-                        {"role": "assistant", "content": answer.format(**person)},
-                    ]
-                    f.write(json.dumps({"messages": messages}) + "\n")
+    pairs = [
+        (question.format(**person), answer.format(**person))
+        for person in people
+        for phrasings in TRAIN.values()
+        for question, answer in phrasings
+    ]
+    write_chat_pairs(out / "train.jsonl", pairs)
     with (out / "test.jsonl").open("w") as f:
         for person in people:
             for attribute, question in TEST.items():
