@@ -15,6 +15,7 @@ import click
 from tskd_lite import interrupt
 from tskd_lite.errors import TskdError
 from tskd_lite.quantize import TYPES
+from tskd_lite.teacher_defaults import TEACHER_DEFAULTS  # teacher_settings()'s, without loading training
 
 
 def _one_line_errors(fn):
@@ -277,41 +278,32 @@ def requantize(src: Path, dst: Path, kind: str, overwrite: bool) -> None:
     click.echo(f"{run_requantize(src, dst, kind, overwrite=overwrite)}: {kind}, {dst.stat().st_size / 2**20:.0f} MiB")
 
 
-def _teacher_defaults() -> dict:
-    """make-teacher's option defaults are teacher_settings()'s: one place for the teacher's settings."""
-    import inspect
-
-    from tskd_lite.train.teacher import teacher_settings
-
-    return {name: p.default for name, p in inspect.signature(teacher_settings).parameters.items()}
-
-
-_TEACHER = _teacher_defaults()
-
-
 @main.command(name="make-teacher")
 @click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--base", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The base GGUF.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
-@click.option("--epochs", type=click.IntRange(min=1), default=_TEACHER["epochs"], show_default=True)
-@click.option("--rank", type=click.IntRange(min=1), default=_TEACHER["rank"], show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=TEACHER_DEFAULTS["epochs"], show_default=True)
+@click.option("--rank", type=click.IntRange(min=1), default=TEACHER_DEFAULTS["rank"], show_default=True)
 @click.option(
-    "--lr", type=click.FloatRange(min=0, min_open=True, max=1), default=_TEACHER["learning_rate"], show_default=True
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True, max=1),
+    default=TEACHER_DEFAULTS["learning_rate"],
+    show_default=True,
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=_TEACHER["batch_size"], show_default=True)
-@click.option("--max-seq-len", type=click.IntRange(min=16), default=_TEACHER["max_seq_len"], show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=_TEACHER["seed"], show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=TEACHER_DEFAULTS["batch_size"], show_default=True)
+@click.option("--max-seq-len", type=click.IntRange(min=16), default=TEACHER_DEFAULTS["max_seq_len"], show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=TEACHER_DEFAULTS["seed"], show_default=True)
 @click.option(
     "--patience",
     type=click.IntRange(min=0),
-    default=_TEACHER["patience"],
+    default=TEACHER_DEFAULTS["patience"],
     show_default=True,
     help="Stop when the loss on a held-out split of DATA has not improved for this many epochs (0: off).",
 )
 @click.option(
     "--val-fraction",
     type=click.FloatRange(min=0, max=0.5, max_open=True),
-    default=_TEACHER["val_fraction"],
+    default=TEACHER_DEFAULTS["val_fraction"],
     show_default=True,
     help="Share of DATA held out for --patience (0.1 when --patience is given without it).",
 )

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tskd_lite.recipe import Target, Train
+from tskd_lite.teacher_defaults import TEACHER_DEFAULTS
 from tskd_lite.train.data import read_pairs
 from tskd_lite.train.loop import train
 from tskd_lite.train.outputs import TrainResult, claim_out
@@ -14,14 +15,14 @@ from tskd_lite.train.outputs import TrainResult, claim_out
 
 def teacher_settings(
     *,
-    rank: int = 16,
-    learning_rate: float = 1e-3,
-    epochs: int = 3,
-    batch_size: int = 8,
-    max_seq_len: int = 256,
-    seed: int = 0,
-    patience: int = 0,
-    val_fraction: float = 0.0,
+    rank: int = TEACHER_DEFAULTS["rank"],
+    learning_rate: float = TEACHER_DEFAULTS["learning_rate"],
+    epochs: int = TEACHER_DEFAULTS["epochs"],
+    batch_size: int = TEACHER_DEFAULTS["batch_size"],
+    max_seq_len: int = TEACHER_DEFAULTS["max_seq_len"],
+    seed: int = TEACHER_DEFAULTS["seed"],
+    patience: int = TEACHER_DEFAULTS["patience"],
+    val_fraction: float = TEACHER_DEFAULTS["val_fraction"],
 ) -> Train:
     """A teacher's [train] settings: LoRA of alpha twice the rank, no dropout, the other settings [train]'s
     defaults. val_fraction 0 holds a tenth out when early stopping (patience) needs a held-out split, none
