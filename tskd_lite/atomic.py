@@ -29,10 +29,11 @@ def replacing(path: Path, mode: str = "w") -> Iterator[IO]:
 
 
 @contextmanager
-def replacing_path(path: Path) -> Iterator[Path]:
+def replacing_path(path: Path, *, replace: bool = True) -> Iterator[Path]:
     """For a writer that takes a path rather than a file: the path of a fresh empty file beside `path` (made as
-    replacing() makes its file), flushed to disk and renamed over path once the block ends without an error."""
-    with _temporary(Path(path)) as (fd, tmp):
+    replacing() makes its file), flushed to disk and renamed over path once the block ends without an error.
+    replace=False: linked in under path only if nothing is there by then (FileExistsError otherwise)."""
+    with _temporary(Path(path), replace=replace) as (fd, tmp):
         os.close(fd)
         yield Path(tmp)
         fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)  # the writer may have replaced it: never follow a link
@@ -43,14 +44,18 @@ def replacing_path(path: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def _temporary(path: Path) -> Iterator[tuple[int, str]]:
-    """(fd, name) of a fresh file beside path; renamed over path when the block ends without an error (the block
-    flushes it), removed when it raises."""
+def _temporary(path: Path, *, replace: bool = True) -> Iterator[tuple[int, str]]:
+    """(fd, name) of a fresh file beside path; renamed over path (replace=False: linked in, never over a file that
+    appeared meanwhile) when the block ends without an error (the block flushes it), removed when it raises."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a result file gets the permissions open() would give
         yield fd, tmp
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            os.unlink(tmp)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -385,26 +384,15 @@ def _create_whole(path: Path) -> None:
     its name once committed and flushed. Made in place, a kill between the first write and the schema's commit left
     a database with no tables, which the next run rightly took for someone else's (bench/chaos.py, a SIGKILL at
     0.5 s). The caller holds the database's lock, so temporary files of earlier, killed creations are removed."""
-    for stale in path.parent.glob(f".{path.name}.*.part"):
+    for stale in path.parent.glob(f".{path.name}.*.part"):  # atomic's temporary names
         stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
+    with atomic.replacing_path(path, replace=False) as tmp:  # never over a file another program made meanwhile
         db = sqlite_utils.Database(tmp)
         try:
             with db.atomic():
                 migrate(db)
         finally:
             db.close()
-        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.link(tmp, path)  # never over a file another program made meanwhile (FileExistsError)
-        atomic.fsync_dir(path.parent)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _check_ours(db: sqlite_utils.Database, tables: set[str], path: Path) -> None:
