@@ -150,7 +150,11 @@ class Entities:
         every = "every form x name" if "candidates_per_round" in cfg.sized_keys else None
         per_round = every or f"up to {cfg.candidates_per_round} prompts"
         stop = "" if "target_kept" in cfg.sized_keys else f", stopping at {cfg.target_kept} kept pairs"
-        return f"{per_round} a round ({len(cfg.entities)} names){stop}"
+        return f"{per_round} a round ({cls.names_note(cfg)}){stop}"
+
+    @classmethod
+    def names_note(cls, cfg: Expand) -> str:
+        return f"{len(cfg.entities)} names"
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -196,9 +200,8 @@ class Follow(Entities):
         """A list is optional here: without one the names come from the pool and the answers."""
 
     @classmethod
-    def budget_line(cls, cfg: Expand) -> str:
-        listed = f", {len(cfg.entities)} listed" if cfg.entities else ""
-        return Entities.budget_line(cfg).replace(f" ({len(cfg.entities)} names)", f" (names found in answers{listed})")
+    def names_note(cls, cfg: Expand) -> str:
+        return "names found in answers" + (f", {len(cfg.entities)} listed" if cfg.entities else "")
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -133,7 +133,7 @@ def _early_stopping(state: TrainState, val_loss: float | None, patience: int, mo
         return False
     if state.improved(val_loss):
         state.best_weights = lora_weights(model)
-    return state.stale_epochs >= patience
+    return state.stopped(patience)
 
 
 def _stopped_early(state: TrainState, patience: int) -> str:
