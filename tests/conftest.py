@@ -80,3 +80,9 @@ def write_recipe(path: Path, recipe: dict) -> Path:
             lines += [f"{k} = {toml_value(v)}" for k, v in value.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.fixture(scope="module")
+def target_gguf(tmp_path_factory) -> Path:
+    """A tiny random llama GGUF as the target (the training tests')."""
+    return write_tiny_llama(tmp_path_factory.mktemp("target") / "target.gguf", seed=5)

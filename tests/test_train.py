@@ -10,13 +10,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import recipe_dict, write_recipe
-from tinymodels import write_tiny_llama
 
 from tskd_lite import pipeline
 from tskd_lite.errors import TskdError
@@ -25,11 +23,6 @@ from tskd_lite.target import Formatter, hf_dir
 from tskd_lite.train import read_pairs, train
 
 PAIRS = [(f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}.", None) for a in range(4) for b in range(3)]
-
-
-@pytest.fixture(scope="module")
-def target_gguf(tmp_path_factory) -> Path:
-    return write_tiny_llama(tmp_path_factory.mktemp("target") / "target.gguf", seed=5)
 
 
 def _recipe(tiny, target_gguf, tmp_path, **train):

@@ -150,6 +150,7 @@ def test_each_arm_is_one_registered_entry_and_the_readme_and_help_are_made_from_
     assert transfer.ARMS == (
         "seeds_only", "no_selection", "one_round", "full", "token_level", "oracle", "full_aug", "oracle_aug",
         "entities", "sample", "full_contrast", "full_token_gap", "entities_contrast", "follow_contrast",
+        "entities_replay", "full_replay",
     )  # fmt: skip
     assert transfer.DEFAULT_ARMS == (
         "seeds_only", "no_selection", "full", "oracle", "entities", "entities_contrast", "follow_contrast",
@@ -162,7 +163,8 @@ def test_each_arm_is_one_registered_entry_and_the_readme_and_help_are_made_from_
         "seeds_only": "full", "token_level": "full", "oracle": None, "oracle_aug": None,
     }  # fmt: skip
     assert arms.pools_of(["oracle", "entities", "seeds_only"]) == ["full", "entities"]
-    assert [a for a in transfer.ARMS if arms.REGISTRY[a].needs_entities] == ["entities", "entities_contrast"]
+    needing = [a for a in transfer.ARMS if arms.REGISTRY[a].needs_entities]
+    assert needing == ["entities", "entities_contrast", "entities_replay"]
     readme = (ROOT / "README.md").read_text()
     assert arms.readme_table() in readme, "README's arms table is out of date; it should read:\n" + arms.readme_table()
     # --help from the repository root, the way the justfile runs the benchmark

@@ -121,38 +121,27 @@ def eval_transformers(
     batch_size: int = 8,
 ) -> dict:
     import torch
-    from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tskd_lite.target import answer_logprobs
+    from tskd_lite.target import answer_logprobs, greedy_answers
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     fmt = formatter_for(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    predictions, nll = [], []
+    prompts = [it.prompt for it in items]
+    predictions = greedy_answers(
+        model, tokenizer, fmt, prompts, max_tokens, batch_size=batch_size, progress=progress, desc=f"eval {name}"
+    )
+    nll = []
     with torch.no_grad():
-        for start in tqdm(
-            range(0, len(items), batch_size), desc=f"eval {name}", disable=not progress, dynamic_ncols=True
-        ):
-            chunk = items[start : start + batch_size]
-            heads = [fmt.prompt_ids(it.prompt) for it in chunk]
-            width = max(map(len, heads))
-            # Left padding keeps every prompt's last token at the same column, where generation continues.
-            ids = torch.tensor([[pad] * (width - len(h)) + h for h in heads])
-            mask = torch.tensor([[0] * (width - len(h)) + [1] * len(h) for h in heads])
-            out = model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens, do_sample=False, pad_token_id=pad
-            )
-            predictions += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-            for item in chunk:
-                # The reference as the target would write it after its prompt (the plain template's leading
-                # space included), counting the answer's tokens only, not the end-of-turn marker.
-                ids, labels = fmt.encode(item.prompt, item.answer, 1 << 20, template_loss=False)
-                first = next(i for i, t in enumerate(labels) if t != -100)
-                n = sum(t != -100 for t in labels)  # answer tokens are one run; only template tokens follow
-                lp = answer_logprobs(model, ids[:first], ids[first : first + n])
-                nll.append(-float(lp.sum()) / len(item.answer.encode()))
+        for item in items:
+            # The reference as the target would write it after its prompt (the plain template's leading
+            # space included), counting the answer's tokens only, not the end-of-turn marker.
+            ids, labels = fmt.encode(item.prompt, item.answer, 1 << 20, template_loss=False)
+            first = next(i for i, t in enumerate(labels) if t != -100)
+            n = sum(t != -100 for t in labels)  # answer tokens are one run; only template tokens follow
+            lp = answer_logprobs(model, ids[:first], ids[first : first + n])
+            nll.append(-float(lp.sum()) / len(item.answer.encode()))
     return _row(name, "transformers", items, predictions, nll)
 
 

@@ -238,6 +238,10 @@ class Train:
     # (0: run every epoch). New facts are fitted slowly; the held-out phrasings say when to stop, not the
     # training loss (Gekhman et al. 2024).
     patience: int = _int_in(0, 0, 10_000, "0: no early stopping")
+    # Replayed pairs per training pair: the target's own answers to general prompts, written before training and
+    # trained on beside the distilled pairs, so that a narrow dataset does not erase what it knew (0: none).
+    replay: float = _number_in(0.0, 0, 10)
+    replay_prompts: Path | None = None  # one prompt per line (default: the bundled general prompts)
     quantize: str = _one_of("auto", "auto", "nf4", "none")
     token_top_fraction: float = _unit_interval(1.0)
     checkpoint_every: int = _positive_int(50, MAX_COUNT)
@@ -341,6 +345,10 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
             check_cache(recipe.target, f"{path}: target.cache")
     if recipe.eval is not None:
         read_eval_file(recipe.eval.file, f"{path}: eval.file")
+    if recipe.train.replay_prompts is not None:
+        where = f"{path}: train.replay_prompts"
+        if not any(line.strip() for line in read_lines(recipe.train.replay_prompts, where)):
+            raise TskdError(f"{where}: {recipe.train.replay_prompts} holds no prompts (one per line)")
     _check_output_paths(recipe)
     # The base only scores text rendered with the teacher's template; the models that write need their own.
     writers = ["teacher", "generator"]

@@ -193,3 +193,35 @@ class Formatter:
                     labels[j] = -100
         ids = (head + tail)[:max_len]
         return ids, ([-100] * len(head) + labels)[:max_len]
+
+
+def greedy_answers(
+    model,
+    tokenizer,
+    fmt: Formatter,
+    prompts: list[str],
+    max_tokens: int,
+    *,
+    batch_size: int = 8,
+    progress: bool = False,
+    desc: str = "generate",
+) -> list[str]:
+    """The model's greedy replies to prompts in the target's template, batch by batch: evaluation's predictions and
+    replay's answers are the same generation."""
+    import torch
+    from tqdm import tqdm
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    replies = []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, dynamic_ncols=True):
+            heads = [fmt.prompt_ids(p) for p in prompts[start : start + batch_size]]
+            width = max(map(len, heads))
+            # Left padding keeps every prompt's last token at the same column, where generation continues.
+            ids = torch.tensor([[pad] * (width - len(h)) + h for h in heads])
+            mask = torch.tensor([[0] * (width - len(h)) + [1] * len(h) for h in heads])
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens, do_sample=False, pad_token_id=pad
+            )
+            replies += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return replies

@@ -55,6 +55,7 @@ class Arm:
     default: ClassVar[bool]
     pool: ClassVar[str | None] = None  # the pool it trains on; set to its own name where it defines overrides
     needs_entities: ClassVar[bool] = False  # runs only on a domain that ships entities.txt
+    train: ClassVar[dict] = {}  # [train] keys laid over the recipe's for this arm's training
 
     def overrides(self, domain: Domain) -> dict:
         """The recipe changes that grow this arm's pool."""
@@ -264,6 +265,28 @@ class FollowContrast(Arm):
 
     def overrides(self, domain: Domain) -> dict:
         return {"expand": {**EVERY_NAME, "strategy": "follow"}} | CONTRAST
+
+
+@register
+class EntitiesReplay(Arm):
+    name = "entities_replay"
+    description = (
+        "entities' pairs plus the untouched target's own answers to general prompts, 0.25 per pair "
+        "(`train.replay`): do no harm"
+    )
+    default = False
+    needs_entities = True
+    pool = "entities"
+    train = {"replay": 0.25}
+
+
+@register
+class FullReplay(Arm):
+    name = "full_replay"
+    description = "full's pairs plus the target's own answers to general prompts, 0.25 per pair (`train.replay`)"
+    default = False
+    pool = "full"
+    train = {"replay": 0.25}
 
 
 def _check_pools() -> None:

@@ -184,6 +184,7 @@ class Domain:
             learning_rate=budget.lr,
             val_fraction=0.0,
             seed=seed,
+            **REGISTRY[arm].train,
         )
         target = dataclasses.replace(self.recipe.target, model=self.target_dir())
         log(f"[{self.name} seed {seed}] training the target on {arm}: {len(pairs)} pairs, {budget}")

@@ -77,7 +77,10 @@ def fingerprint_of(cfg: Train, examples: list[Example], target: Target, target_d
     from tskd_lite.gguf_meta import identity
 
     models = [identity(target.model)]
-    digest = hashlib.sha256(json.dumps([dataclasses.asdict(cfg), str(target_dir), mode, models], default=str).encode())
+    # replay's keys act through the examples alone (its pairs are among them): a checkpoint made before they
+    # existed, or with another prompts file of the same lines, is still the same training
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("replay", "replay_prompts")}
+    digest = hashlib.sha256(json.dumps([settings, str(target_dir), mode, models], default=str).encode())
     for e in examples:
         digest.update(np.asarray(e.ids + [-1] + e.labels, dtype=np.int64).tobytes())
     return digest.hexdigest()[:16]

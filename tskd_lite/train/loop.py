@@ -29,6 +29,7 @@ from tskd_lite.train.checkpoint import (
 )
 from tskd_lite.train.data import Example, Pair, answer_loss, encode, formatter, split, step_batches
 from tskd_lite.train.outputs import TrainResult, claim_out, publish
+from tskd_lite.train.replay import replay_pairs
 from tskd_lite.train.setup import GRAD_CLIP, choose_hardware, count_steps, load_model, make_optimizer, make_schedule
 
 
@@ -42,8 +43,7 @@ def train(target: Target, cfg: Train, out: Path, pairs: list[Pair], *, progress:
     target_dir = hf_dir(target, log)
     hw = choose_hardware(cfg, log)
     fmt, pad_id = formatter(target_dir, target)
-    examples = encode(fmt, pairs, cfg.max_seq_len, log)
-    train_set, val_set = split(examples, cfg.val_fraction, cfg.seed)
+    examples, train_set, val_set, n_replay = _dataset(fmt, target_dir, target, cfg, pairs, out, progress, log)
     fingerprint = fingerprint_of(cfg, examples, target, target_dir, hw.mode)
     if (done := finished(out, fingerprint, gguf=not target.model.is_dir(), log=log)) is not None:
         return done
@@ -52,8 +52,6 @@ def train(target: Target, cfg: Train, out: Path, pairs: list[Pair], *, progress:
     params, optimizer = make_optimizer(model, cfg, hw)
     per_epoch, total_steps = count_steps(cfg, len(train_set))
     scheduler = make_schedule(optimizer, cfg, total_steps)
-    if cfg.patience and not val_set:
-        raise TskdError("train.patience: early stopping needs a held-out split (train.val_fraction > 0)")
     ckpt = out / "checkpoint"
     state = resume(ckpt, fingerprint, model, optimizer, scheduler, total_steps, log)
     autocast = hw.autocast()
@@ -109,9 +107,21 @@ def train(target: Target, cfg: Train, out: Path, pairs: list[Pair], *, progress:
     if state.best_weights is not None and state.best["step"] != state.step:
         load_lora_weights(model, state.best_weights)
     run = dict(mode=hw.mode, device=str(hw.device), template=fmt.kind, n_train=len(train_set), n_val=len(val_set))
+    run["n_replay"] = n_replay
     result = publish(out, target, target_dir, model, fmt, pairs, run | state.summary(), fingerprint, log)
     shutil.rmtree(ckpt, ignore_errors=True)
     return result
+
+
+def _dataset(fmt, target_dir: Path, target: Target, cfg: Train, pairs: list[Pair], out: Path, progress: bool, log):
+    """The pairs and the replayed ones (replay.py) as examples, their training and held-out splits, and how many
+    were replayed."""
+    replayed = replay_pairs(target_dir, target, cfg, len(pairs), out, progress=progress, log=log)
+    examples = encode(fmt, pairs + replayed, cfg.max_seq_len, log)
+    train_set, val_set = split(examples, cfg.val_fraction, cfg.seed)
+    if cfg.patience and not val_set:
+        raise TskdError("train.patience: early stopping needs a held-out split (train.val_fraction > 0)")
+    return examples, train_set, val_set, len(replayed)
 
 
 def _micro_steps(model, batches: list[list[Example]], pad_id: int, device, autocast) -> tuple[float, int]:

@@ -23,7 +23,16 @@ from tskd_lite.recipe import Target
 from tskd_lite.target import Formatter, answer_logprobs
 
 # What train() writes in its folder; a folder holding any of them without the marker is someone else's.
-_OUTPUT_NAMES = ("train.json", "adapter", "merged", "adapter.gguf", "checkpoint", "checkpoint.tmp", "checkpoint.old")
+_OUTPUT_NAMES = (
+    "train.json",
+    "adapter",
+    "merged",
+    "adapter.gguf",
+    "checkpoint",
+    "checkpoint.tmp",
+    "checkpoint.old",
+    "replay.jsonl",
+)
 _MARKER = ".tskd-train"
 
 
@@ -65,6 +74,7 @@ class TrainResult:
     curve: list[dict]
     gguf_adapter: Path | None
     gguf_check: dict | None
+    n_replay: int = 0  # of n_train + n_val, the target's own replayed answers (replay.py); absent before replay
 
     def to_json(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
