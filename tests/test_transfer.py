@@ -323,3 +323,11 @@ def test_an_arms_steps_follow_the_pairs_it_drew_unless_fixed():
     assert transfer.Domain.resolved(domain, fixed, 5) is fixed
     with pytest.raises(ValueError, match="resolved"):
         _ = sized.key
+
+
+def test_a_budget_stopped_on_held_out_loss_is_cached_apart_from_fixed_epochs():
+    stopped = transfer.Budget(100, None, 16, 1e-3, epochs=12, patience=2)
+    assert stopped.key == "p100-e12-stop2-r16-lr0.001"
+    assert transfer.Budget(100, 50, 16, 1e-3).key == "p100-s50-r16-lr0.001"
+    with pytest.raises(ValueError, match="resolved"):
+        _ = transfer.Budget(100, None, 16, 1e-3).key

@@ -38,6 +38,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=int, help="training pairs per arm (default: the domain's train.jsonl size)")
     p.add_argument("--steps", type=int, help="fixed training steps per arm (default: --epochs over its pairs)")
     p.add_argument("--epochs", type=float, default=d.epochs, help="passes over an arm's pairs without --steps")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help="> 0: up to --epochs, stopped when held-out loss on a tenth of the arm's pairs stops improving",
+    )
     p.add_argument("--rank", type=int, help="LoRA rank of the target (default: the recipe's)")
     p.add_argument("--lr", type=float, help="the target's learning rate (default: the recipe's)")
     p.add_argument("--eval-limit", type=int, default=d.eval_limit, help="held-out items per domain (0: all)")
@@ -80,6 +86,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
         aim=args.aim,
         paraphrases=args.paraphrases,
         epochs=args.epochs,
+        patience=args.patience,
         candidates=args.candidates,
         curve_ranks=args.curve_ranks,
         curve_lrs=args.curve_lrs,
@@ -144,7 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
         if args.curve:
             domains.append(head | {"points": run_curve(domain, refs, settings)})
             continue
-        budget = Budget(domain.pairs, settings.steps, settings.rank, settings.lr)
+        stopping = {"epochs": settings.epochs, "patience": settings.patience} if settings.patience else {}
+        budget = Budget(domain.pairs, settings.steps, settings.rank, settings.lr, **stopping)
         domains.append(run_arms(domain, head, args.arms, budget, t0))
     command = f"{COMMAND} " + " ".join(argv if argv is not None else sys.argv[1:])
     results = {"command": command, "settings": settings.as_json(), "domains": domains}

@@ -165,7 +165,7 @@ class Domain:
     def resolved(self, budget: Budget, n: int) -> Budget:
         """The budget with its steps: the fixed ones, else Settings.epochs over the n pairs the arm drew (so an
         arm of five pairs is not trained for as long as one of hundreds, which erased what the target knew)."""
-        if budget.steps is not None:
+        if budget.steps is not None or budget.patience:
             return budget
         per_step = self.recipe.train.batch_size * self.recipe.train.grad_accum
         return dataclasses.replace(budget, steps=max(1, math.ceil(self.settings.epochs * n / per_step)))
@@ -176,13 +176,17 @@ class Domain:
             untouched = {k: v for k, v in self.references()["target_before"].items() if k != "compute_s"}
             return untouched | {"pairs": 0, "steps": 0, "train_s": 0.0, "answer_tokens": 0}
         out = self.layout.train_dir(arm, seed, budget)
+        if budget.patience:  # up to budget.epochs, stopped on a held-out tenth of the arm's own pairs
+            length = {"epochs": math.ceil(budget.epochs), "max_steps": 0, "val_fraction": 0.1}
+        else:
+            length = {"max_steps": budget.steps, "val_fraction": 0.0}
         cfg = dataclasses.replace(
             self.recipe.train,
-            max_steps=budget.steps,
+            **length,
+            patience=budget.patience,
             rank=budget.rank,
             alpha=2.0 * budget.rank,
             learning_rate=budget.lr,
-            val_fraction=0.0,
             seed=seed,
             **REGISTRY[arm].train,
         )
@@ -201,6 +205,7 @@ class Domain:
         return score_row(row) | {
             "pairs": len(pairs),
             "steps": result.steps,
+            "best_step": result.best_step,  # the step whose weights were kept, where held-out loss chose one
             "train_s": result.seconds,
             "answer_tokens": result.answer_tokens,
         }

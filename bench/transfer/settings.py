@@ -45,6 +45,10 @@ class Settings:
     curve_ranks: list[int] | None = dataclasses.field(default=None, metadata={"recorded": False})
     curve_lrs: list[float] | None = dataclasses.field(default=None, metadata={"recorded": False})
     epochs: float = 4.0  # passes over an arm's pairs where steps is None: --curve's 72 steps x 8 over 144 pairs
+    # > 0: every arm trains up to `epochs` epochs and stops once the loss on a held-out tenth of its own pairs (other
+    # phrasings of the same facts, never the test file) has not improved for this many epochs, keeping the best
+    # epoch (Gekhman et al. 2024); 0: exactly `epochs` epochs
+    patience: int = 0
 
     def quick_mode(self) -> Settings:
         return dataclasses.replace(self, **QUICK, quick=True, seeds=self.seeds[:1])
@@ -65,9 +69,13 @@ class Budget:
     steps: int | None  # None: Settings.epochs over the pairs the arm draws (Domain.resolved sets it)
     rank: int
     lr: float
+    epochs: float | None = None  # with patience: at most this many epochs, steps left None
+    patience: int = 0  # > 0: stopped on held-out loss (Settings.patience)
 
     @property
     def key(self) -> str:
+        if self.patience:
+            return f"p{self.pairs}-e{self.epochs:g}-stop{self.patience}-r{self.rank}-lr{self.lr:g}"
         if self.steps is None:
             raise ValueError("a budget's steps are resolved for the arm's pairs before it is a cache key")
         return f"p{self.pairs}-s{self.steps}-r{self.rank}-lr{self.lr:g}"
