@@ -79,3 +79,17 @@ def test_bad_replay_settings_are_one_line_errors(tiny, tmp_path, train, message)
     with pytest.raises(TskdError, match=message.replace("[", r"\[").replace("]", r"\]")) as e:
         load_recipe(write_recipe(tmp_path / "r.toml", raw))
     assert "\n" not in str(e.value)
+
+
+def test_check_says_what_stops_training_and_what_it_replays(tiny, target_gguf, tmp_path):
+    from click.testing import CliRunner
+
+    from tskd_lite.cli import main
+
+    recipe = _recipe(tiny, target_gguf, tmp_path, replay=0.25, patience=2)
+    shown = CliRunner().invoke(main, ["check", str(recipe.path)]).output
+    assert "stopped when held-out loss has not improved for 2 epochs" in shown
+    assert f"replay: 0.25 of the target's own answers per pair, of {len(GENERAL_PROMPTS)} prompts" in shown
+    (tmp_path / "plain").mkdir()
+    plain = _recipe(tiny, target_gguf, tmp_path / "plain")
+    assert "replay" not in CliRunner().invoke(main, ["check", str(plain.path)]).output

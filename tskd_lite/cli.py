@@ -123,11 +123,22 @@ def check(recipe: Path) -> None:
     click.echo(f"{recipe}: ok ({len(r.seeds.prompts)} seed prompts, {r.expand.rounds} rounds, database {r.output.db})")
     click.echo(f"  pool    {_pool_budget(r.expand)}")
     if r.target is not None:
-        t = r.train
-        steps = f"at most {t.max_steps} steps" if t.max_steps else "steps follow the kept pairs"
-        click.echo(f"  train   {t.epochs} epochs over the kept pairs, batch {t.batch_size} ({steps})")
+        click.echo(f"  train   {_train_budget(r.train)}")
     for what, path in _paths(r):
         click.echo(f"  {what:<7} {path}")
+
+
+def _train_budget(t) -> str:
+    """How long training runs, what stops it, and what it replays."""
+    from tskd_lite.train.replay import replay_prompts
+
+    steps = f"at most {t.max_steps} steps" if t.max_steps else "steps follow the kept pairs"
+    line = f"{t.epochs} epochs over the kept pairs, batch {t.batch_size} ({steps})"
+    if t.patience:
+        line += f", stopped when held-out loss has not improved for {t.patience} epochs"
+    if t.replay:
+        line += f"; replay: {t.replay:g} of the target's own answers per pair, of {len(replay_prompts(t))} prompts"
+    return line
 
 
 def _pool_budget(cfg) -> str:
