@@ -171,3 +171,22 @@ def test_entities_asks_every_name_unless_the_recipe_caps_it(tiny, tmp_path):
     del raw["expand"]["candidates_per_round"]
     fewshot = load_recipe(write_recipe(tmp_path / "fewshot.toml", raw | {"output": {"db": str(tmp_path / "f.db")}}))
     assert (fewshot.expand.candidates_per_round, fewshot.expand.target_kept) == (32, 64)
+
+
+def test_a_recipe_that_lists_names_and_sets_no_strategy_gets_entities(tiny, tmp_path):
+    from click.testing import CliRunner
+
+    from tskd_lite.cli import main
+
+    raw = recipe_dict(tiny, tmp_path / "names.db")
+    raw["expand"] = {"entities": ["Ada", "Bo"]}
+    path = write_recipe(tmp_path / "names.toml", raw)
+    loaded = load_recipe(path)
+    assert (loaded.expand.strategy, loaded.expand.strategy_chosen) == ("entities", True)
+    shown = CliRunner().invoke(main, ["check", str(path)]).output
+    assert "(expand.strategy unset: entities, since the recipe lists names)" in shown
+    raw["expand"]["strategy"] = "fewshot"  # set, it is kept, names or not
+    assert load_recipe(write_recipe(tmp_path / "set.toml", raw)).expand.strategy == "fewshot"
+    del raw["expand"]
+    plain = load_recipe(write_recipe(tmp_path / "plain.toml", raw)).expand
+    assert (plain.strategy, plain.strategy_chosen) == ("fewshot", False)

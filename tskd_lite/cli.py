@@ -146,6 +146,8 @@ def _pool_budget(cfg) -> str:
     from tskd_lite.strategies import STRATEGIES
 
     line = f"{cfg.strategy}: {STRATEGIES[cfg.strategy].budget_line(cfg)}, {cfg.rounds} rounds at most"
+    if cfg.strategy_chosen:
+        line += " (expand.strategy unset: entities, since the recipe lists names)"
     if cfg.sized_keys:
         line += f" (sized by the strategy: {', '.join(f'expand.{k}' for k in cfg.sized_keys)} unset)"
     return line

@@ -113,7 +113,8 @@ class Expand:
     # continues a plain-text list of examples; sample: the teacher writes the user turn itself from its bare chat
     # template (after Magpie), opened with a few words of a kept prompt or nothing; entities: every kept prompt
     # that names a listed entity is asked again about each other entity (no model writes); follow: the same, with
-    # the names found in the pool's prompts and the teacher's answers (and the list, if any)
+    # the names found in the pool's prompts and the teacher's answers (and the list, if any). Unset, a recipe that
+    # lists entities gets entities (the transfer benchmark's best arm), any other fewshot.
     strategy: str = _registered("fewshot", STRATEGIES)
     # names only (a catalogue, a directory), inline or one per line in a file: what the entities strategy fills in
     entities: tuple[str, ...] = ()
@@ -141,6 +142,7 @@ class Expand:
     paraphrase_writer: str = _one_of("base", "base", "generator")
     # the keys above that the strategy sized because the recipe left them unset (for `check` to say so)
     sized_keys: tuple[str, ...] = field(default=(), metadata={"internal": True})
+    strategy_chosen: bool = field(default=False, metadata={"internal": True})  # entities, for names given unset
 
 
 @dataclass(frozen=True)
@@ -334,7 +336,8 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     recipe = dataclasses.replace(recipe, path=path.resolve(), text=text)
     seeds = _load_seeds(recipe.seeds, path)
     recipe = dataclasses.replace(recipe, seeds=Seeds(prompts=seeds, file=recipe.seeds.file))
-    recipe = dataclasses.replace(recipe, expand=_load_entities(recipe.expand, path))
+    strategy_set = isinstance(raw.get("expand"), dict) and "strategy" in raw["expand"]
+    recipe = dataclasses.replace(recipe, expand=_load_entities(recipe.expand, path, strategy_set))
     for name in ("teacher", "base", "generator"):
         spec = getattr(recipe, name)
         if spec is not None:
@@ -507,12 +510,14 @@ def _load_seeds(seeds: Seeds, recipe_path: Path) -> tuple[str, ...]:
     return tuple(dict.fromkeys(prompts))
 
 
-def _load_entities(cfg: Expand, recipe_path: Path) -> Expand:
+def _load_entities(cfg: Expand, recipe_path: Path, strategy_set: bool) -> Expand:
     names = list(cfg.entities)
     if cfg.entities_file is not None:
         where = f"{recipe_path}: expand.entities_file"
         names += [line.strip() for line in read_lines(cfg.entities_file, where) if line.strip()]
     cfg = dataclasses.replace(cfg, entities=tuple(dict.fromkeys(names)))
+    if names and not strategy_set:  # names given, strategy unset: every name is asked about (the benchmark's best)
+        cfg = dataclasses.replace(cfg, strategy="entities", strategy_chosen=True)
     strategy = STRATEGIES[cfg.strategy]
     strategy.check(cfg, f"{recipe_path}: expand")
     sized = {k: v for k, v in strategy.sized(cfg).items() if getattr(cfg, k) is None}
