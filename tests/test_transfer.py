@@ -79,6 +79,11 @@ def test_quick_mode_runs_every_arm_and_resumes_from_its_cache(tiny, tmp_path):
         assert 0.0 <= row["contains"]["mean"] <= 1.0
         assert row["nll_per_byte"]["mean"] > 0
     assert domain["arms"]["seeds_only"]["pairs"] == [5]
+    # the replay arms train on their pool's pairs and the target's own answers, 0.25 per pair
+    for arm, pool in (("entities_replay", "entities"), ("full_replay", "full")):
+        row, plain = domain["arms"][arm], domain["arms"][pool]
+        assert row["pairs"] == plain["pairs"] and row["replayed"] == [round(0.25 * plain["pairs"][0])], arm
+        assert plain["replayed"] == [0]
     assert domain["arms"]["oracle"]["pairs"] == [transfer.QUICK["pairs"]]
     refs = domain["references"]
     assert {"teacher", "base", "target_before", "chance"} <= set(refs)

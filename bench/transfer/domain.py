@@ -206,6 +206,7 @@ class Domain:
             "pairs": len(pairs),
             "steps": result.steps,
             "best_step": result.best_step,  # the step whose weights were kept, where held-out loss chose one
+            "replayed": result.n_replay,
             "train_s": result.seconds,
             "answer_tokens": result.answer_tokens,
         }

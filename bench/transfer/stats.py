@@ -175,6 +175,9 @@ def arm_row(results: list[dict], facts: list[dict | None], refs: dict, items: li
         "recovered_nll": nll_recovered(nll["mean"], refs),
         "pairs": [r["pairs"] for r in results],
         "steps": results[0]["steps"],
+        # early stopping's kept step, and the replayed pairs trained beside the arm's own (absent in older caches)
+        "best_step": [r.get("best_step") for r in results],
+        "replayed": [r.get("replayed", 0) for r in results],
         "answer_tokens": float(np.mean([r["answer_tokens"] for r in results])),
         "train_s": float(np.mean([r["train_s"] for r in results])),
         "compute_s": float(np.mean([r.get("compute_s", r["train_s"]) for r in results])),
