@@ -434,3 +434,14 @@ def test_a_kill_between_the_checkpoint_swaps_renames_keeps_the_checkpoint(tmp_pa
     (tmp_path / "checkpoint.tmp").mkdir()  # killed while writing the new one: it has no state.json yet
     _recover_checkpoint(ckpt)
     assert json.loads((ckpt / "state.json").read_text())["step"] == 50
+
+
+def test_bitsandbytes_absent_hub_kernel_warning_is_not_shown():
+    warning = "Failed to load CPU gemm_4bit_forward"
+    loud = subprocess.run([sys.executable, "-c", "import bitsandbytes"], capture_output=True, text=True)
+    if warning not in loud.stderr + loud.stdout:
+        pytest.skip("this CPU has no AVX-512 BF16: bitsandbytes has nothing to warn about here")
+    code = "from tskd_lite.target import quiet_transformers; quiet_transformers(); import bitsandbytes"
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert quiet.returncode == 0, quiet.stderr
+    assert warning not in quiet.stderr + quiet.stdout
