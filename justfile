@@ -36,7 +36,7 @@ test: setup
     {{bin}}/ruff format --check tskd_lite tests bench
     {{bin}}/python -m pytest -q
 
-# Benchmark generation, scoring and training paths side by side; writes bench/results.md (the README's table)
+# Benchmark generation, scoring and training paths side by side; writes bench/results.md (the table in docs/performance.md)
 bench: models
     {{bin}}/python bench/run.py
 

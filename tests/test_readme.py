@@ -1,4 +1,5 @@
-"""The README is part of the interface: its recipe blocks load, and the commands it lists exist."""
+"""The README and docs/ are part of the interface: the recipe reference's blocks load, the commands the README lists
+exist, and every relative link points at a file."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ from click.testing import CliRunner
 from tskd_lite.cli import main
 from tskd_lite.recipe import load_recipe, merged
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+RECIPE_REFERENCE = (ROOT / "docs" / "recipe.md").read_text()  # the full recipe reference and the fragment after it
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def _toml_blocks() -> list[dict]:
-    return [tomllib.loads(block) for block in re.findall(r"```toml\n(.*?)```", README, re.S)]
+def _toml_blocks(text: str = RECIPE_REFERENCE) -> list[dict]:
+    return [tomllib.loads(block) for block in re.findall(r"```toml\n(.*?)```", text, re.S)]
 
 
 def test_every_toml_block_parses_and_the_reference_passes_check_with_real_files(tiny, tmp_path):
@@ -44,6 +48,11 @@ def test_every_toml_block_parses_and_the_reference_passes_check_with_real_files(
     load_recipe(
         tmp_path / "reference.toml", merged(merged(reference, files), {**blocks[1], "generator": files["generator"]})
     )
+
+
+def test_every_toml_block_in_the_readme_and_docs_parses():
+    for page in PAGES:
+        _toml_blocks(page.read_text())  # raises on a block that is not TOML
 
 
 def test_every_command_in_the_commands_table_exists_with_its_options():
@@ -85,3 +94,20 @@ def test_every_bundled_recipe_loads_with_its_files_in_place(tiny, tmp_path):
         (tmp_path / path.name).write_text("")
         loaded = load_recipe(tmp_path / path.name, layered)
         assert loaded.expand.strategy == raw.get("expand", {}).get("strategy", "fewshot"), path.name
+
+
+def test_every_relative_link_in_the_readme_and_docs_points_at_an_existing_file():
+    """Inline markdown links and images, outside code blocks and spans; a link's #anchor is not checked."""
+    broken, count = [], 0
+    for page in PAGES:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        text = re.sub(r"`[^`\n]*`", "", text)
+        for target in re.findall(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)", text):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target, re.I) or target.startswith("#"):
+                continue  # a URL, a mailto: or an anchor on the same page
+            count += 1
+            path = target.split("#", 1)[0]
+            if not (page.parent / path).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert count >= 10
+    assert not broken, broken

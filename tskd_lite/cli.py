@@ -285,7 +285,7 @@ def models(models_dir: Path) -> None:
 @_one_line_errors
 def requantize(src: Path, dst: Path, kind: str, overwrite: bool) -> None:
     """Re-encode the GGUF SRC's weights as another type into DST: on a CPU, Q8_0 or Q4_0 process prompts (and so
-    score) much faster than Q4_1 (README, Performance). A teacher's LoRA GGUF loads on the re-encoded base as before."""
+    score) much faster than Q4_1 (docs/performance.md). A teacher's LoRA GGUF loads on the re-encoded base as before."""
     from tskd_lite.quantize import requantize as run_requantize
 
     click.echo(f"{run_requantize(src, dst, kind, overwrite=overwrite)}: {kind}, {dst.stat().st_size / 2**20:.0f} MiB")

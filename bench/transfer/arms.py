@@ -1,12 +1,12 @@
 """The arms: what the target is trained on, one registered class each.
 
-An arm states its name, its one-line description (`--help` and the README's table are made from it) and whether
+An arm states its name, its one-line description (`--help` and docs/benchmark.md's table are made from it) and whether
 `just transfer-bench` runs it by default. An arm that grows a pool of its own says how in `overrides` (the recipe
 changes laid over the shared recipe); one that trains on another arm's pool names it in `pool`; `pairs` draws its
 training pairs (by default a sample of its pool's export). Registration order is the order of `--arms`' choices,
-of `--help`, of the README's table and of the pools in the results.
+of `--help`, of docs/benchmark.md's table and of the pools in the results.
 
-Adding an arm is one class here and its line in the README's table (tests/test_transfer.py checks the table).
+Adding an arm is one class here and its line in docs/benchmark.md's table (tests/test_transfer.py checks the table).
 """
 
 from __future__ import annotations
@@ -322,6 +322,6 @@ def help_text(width: int = 100) -> str:
 
 
 def readme_table() -> str:
-    """The README's table of the arms."""
+    """The table of the arms in docs/benchmark.md."""
     columns = (Column("arm", lambda a: a.name), Column("the target is trained on", lambda a: a.description))
     return "\n".join(table(columns, list(REGISTRY.values()))) + "\n"
