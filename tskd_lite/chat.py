@@ -160,8 +160,10 @@ def _raise_exception(message: str) -> None:
     raise TskdError(f"chat template raised: {message}")
 
 
-def template_source(override: str | None, model: Path, role: str) -> str:
+def template_source(override: str | None, model: Path | None, role: str) -> str:
     """The recipe's template, else the one in the GGUF metadata; a one-line error where neither exists."""
+    if not override and model is None:  # a served model with no local GGUF beside it
+        raise TskdError(f"{role}.chat_template: required for a served model without a local GGUF in {role}.model")
     template = override or gguf_meta.chat_template(model)
     if template is None:
         raise TskdError(
@@ -181,7 +183,7 @@ def _compile(source: str, role: str, out_of_memory: str = "out of memory") -> Te
         raise TskdError(f"{role}.chat_template: not a valid Jinja template ({e})") from None
 
 
-def compile_template(override: str | None, model: Path, role: str) -> Template:
+def compile_template(override: str | None, model: Path | None, role: str) -> Template:
     """The recipe's template, else the one in the GGUF metadata; a one-line error where neither exists."""
     return _compile(template_source(override, model, role), role)
 

@@ -50,7 +50,8 @@ class _Models:
 
     def _load(self, role: str) -> Backend:
         spec = getattr(self.recipe, role) if role != "generator" else self.recipe.generator_spec
-        self.log(f"loading {role}: {spec.model.name}" + (f" + LoRA {spec.lora.name}" if spec.lora else ""))
+        name = spec.model.name if spec.url is None else f"{spec.served_model} at {spec.url}"
+        self.log(f"loading {role}: {name}" + (f" + LoRA {spec.lora.name}" if spec.lora else ""))
         return open_backend(spec, role=role, threads=self.recipe.threads, parallel=self.recipe.parallel)
 
     @cached_property

@@ -89,14 +89,20 @@ def _one_of(default: str, *choices: str) -> Any:
 @dataclass(frozen=True)
 class ModelSpec:
     """A model and the backend that serves it (tskd_lite/backends/): by default a GGUF in-process through
-    llama.cpp, optionally with a GGUF LoRA adapter applied at load. The backend checks its own keys at load."""
+    llama.cpp, optionally with a GGUF LoRA adapter applied at load; with backend = "openai", a model an
+    OpenAI-compatible completions server at `url` serves under the name `served_model` (`model`, optional there,
+    is a local copy of its GGUF, read for the chat template and the tokenizer only). The backend checks its own
+    keys at load (llama_cpp requires `model` and refuses `url`)."""
 
-    model: Path
+    model: Path | None = None
     lora: Path | None = None
     lora_scale: float = _ranged(1.0, lambda v: v != 0 and abs(v) <= 100, "a non-zero number in [-100, 100]")
     chat_template: str | None = None
     n_ctx: int = _int_in(2048, 64, MAX_TOKENS)
     backend: str = _registered("llama_cpp", BACKENDS)
+    url: str | None = None  # served backends: the server's root ("http://127.0.0.1:8000"; a trailing /v1 is fine)
+    served_model: str | None = None  # served backends: the model's name on the server (as /v1/models lists it)
+    timeout: float = _number_in(600.0, 0, 86_400, open_low=True)  # served backends: seconds one request may take
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,11 @@ class LlamaCpp:
 
     @classmethod
     def check(cls, spec: ModelSpec, where: str) -> None:
+        if spec.model is None:
+            raise TskdError(f"{where}.model: required key is missing")
+        for key in ("url", "served_model"):  # a served model's keys: the recipe most likely lacks backend = "openai"
+            if getattr(spec, key) is not None:
+                raise TskdError(f'{where}.{key}: only served backends take it (set backend = "openai")')
         gguf_meta.check_gguf(spec.model, f"{where}.model")
         if spec.lora is not None:
             gguf_meta.check_gguf(spec.lora, f"{where}.lora")
