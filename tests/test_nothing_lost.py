@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -444,3 +445,22 @@ def test_a_ctrl_c_landing_in_an_import_lets_the_import_finish_first(tmp_path, mo
     assert stopped.value.code == 130 and marker.is_file()
     assert time.monotonic() - started < 0.9, "the press waited for the whole command"
     assert capsys.readouterr().err.count("Interrupted:") == 1
+
+
+def test_export_to_dash_is_stdout_and_another_format_is_refused(tiny, tmp_path):
+    recipe = load_recipe(_recipe(tiny, tmp_path))
+    pipeline.run(recipe, progress=False, log=lambda _: None)
+    db = recipe.output.db
+    out = CliRunner().invoke(main, ["export", str(db), "-o", "-"])
+    assert out.exit_code == 0 and not (tmp_path / "-").exists() and not os.path.lexists("-")
+    rows = [json.loads(line) for line in out.output.splitlines()]
+    assert rows and rows == [json.loads(line) for line in recipe.output.export_path.read_text().splitlines()]
+    line = _one_line_error(CliRunner().invoke(main, ["export", str(db), "-o", str(tmp_path / "out.parquet")]))
+    assert "export writes JSON Lines only" in line and not (tmp_path / "out.parquet").exists()
+
+
+def test_an_unknown_recipe_key_names_the_likely_one(tiny, tmp_path):
+    raw = recipe_dict(tiny, tmp_path / "x.db")
+    raw["select"] = {"tua": 1.5}
+    line = _one_line_error(CliRunner().invoke(main, ["check", str(write_recipe(tmp_path / "r.toml", raw))]))
+    assert "select.tua: unknown key (did you mean select.tau?" in line

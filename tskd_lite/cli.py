@@ -251,13 +251,20 @@ def export(target: str, output: Path, fmt: str, provenance: bool, run_id: int | 
     import os
 
     from tskd_lite.export import export as write
+    from tskd_lite.export import write_to
     from tskd_lite.store import Store
 
+    if str(output) == "-":  # stdout, as Unix tools take it: the pairs only, no summary line among them
+        with Store.read(_db_from(target)) as store:
+            write_to(store, store.get_run(run_id).id, click.get_text_stream("stdout"), fmt, provenance=provenance)
+        return
     with Store.read(_db_from(target)) as store:
         if output.resolve() in store.own_files():
             raise TskdError(f"-o/--output: {output} is the database {store.path} or one of its files")
         if output.is_dir():
             raise TskdError(f"-o/--output: {output} is a folder; name a file")
+        if output.suffix.lower() not in (".jsonl", ".json", ".ndjson", ""):  # out.parquet got JSONL silently
+            raise TskdError(f"-o/--output: {output}: export writes JSON Lines only (name it .jsonl, or - for stdout)")
         if os.path.lexists(output) and not (overwrite or store.may_write_export(output)):
             raise TskdError(f"-o/--output: {output} exists; pass --overwrite to replace it, or choose another path")
         n = write(store, store.get_run(run_id).id, output, fmt, provenance=provenance)

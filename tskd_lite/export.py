@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import IO
 
 from tskd_lite import atomic
 from tskd_lite.store import Store
@@ -38,9 +39,14 @@ def _record(pair: dict, fmt: str, provenance: bool) -> dict:
 
 def export(store: Store, run_id: int, path: Path, fmt: str = "chat", *, provenance: bool = False) -> int:
     """Write the run's kept pairs to path (atomically: a reader never sees half a file); return how many."""
-    pairs = store.kept_pairs(run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic.replacing(path) as f:
-        for pair in pairs:
-            f.write(json.dumps(_record(pair, fmt, provenance), ensure_ascii=False) + "\n")
+        return write_to(store, run_id, f, fmt, provenance=provenance)
+
+
+def write_to(store: Store, run_id: int, f: IO[str], fmt: str = "chat", *, provenance: bool = False) -> int:
+    """The run's kept pairs as JSON Lines into an open text file (`export -o -`: stdout); how many."""
+    pairs = store.kept_pairs(run_id)
+    for pair in pairs:
+        f.write(json.dumps(_record(pair, fmt, provenance), ensure_ascii=False) + "\n")
     return len(pairs)

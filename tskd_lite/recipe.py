@@ -7,6 +7,7 @@ expected types, field metadata gives the allowed range, so adding a key means ad
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -398,8 +399,10 @@ class _Builder:
         fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
         unknown = sorted(set(table) - set(fields))
         if unknown:
+            close = difflib.get_close_matches(unknown[0], fields, n=1)
+            hint = f"did you mean {prefix}{close[0]}? " if close else ""
             raise TskdError(
-                f"{self.path}: {prefix}{unknown[0]}: unknown key (expected one of: {', '.join(sorted(fields))})"
+                f"{self.path}: {prefix}{unknown[0]}: unknown key ({hint}expected one of: {', '.join(sorted(fields))})"
             )
         values = {}
         for name, f in fields.items():
