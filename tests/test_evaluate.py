@@ -59,7 +59,7 @@ def test_full_run_reports_four_rows(tiny, tmp_path):
     raw = recipe_dict(tiny, tmp_path / "run" / "pool.db")
     raw["expand"]["rounds"] = 1
     raw["target"] = {"model": target}
-    raw["train"] = {"rank": 4, "epochs": 1, "batch_size": 4, "max_seq_len": 96}
+    raw["train"] = {"rank": 4, "epochs": 1, "batch_size": 4, "max_seq_len": 96, "replay": 0.5}
     raw["eval"] = {"file": "eval.jsonl", "max_answer_tokens": 6}
     recipe = load_recipe(write_recipe(tmp_path / "r.toml", raw))
     pipeline.run_all(recipe, progress=False, log=lambda _: None)
@@ -78,6 +78,8 @@ def test_full_run_reports_four_rows(tiny, tmp_path):
     assert harm == kept_and_lost(evaluated, rows["target before"]["predictions"], rows["target after"]["predictions"])
     md = (run_dir / "report.md").read_text()
     assert f"**lost {harm['lost']}** (right before, wrong after)" in md
+    replayed = json.loads((run_dir / "train" / "train.json").read_text())["n_replay"]
+    assert replayed > 0 and f"; {replayed} of the pairs are the target's own replayed answers" in md
     names = ("| teacher |", "| base |", "| target before |", "| target after |", "| chance |")
     for name in (*names, "gap_hist.png", "loss.png"):
         assert name in md

@@ -220,7 +220,8 @@ def _markdown(report: dict, plots: list[str]) -> str:
             "",
             f"- mode: {t['mode']} ({t['device']}); target rendered with the {t['template']}",
             f"- {t['n_train']} training and {t['n_val']} validation pairs, {t['steps']} steps, "
-            f"{t['answer_tokens']} answer tokens in {t['seconds']:.1f} s ({t['tokens_per_s']:.0f} answer tokens/s)",
+            f"{t['answer_tokens']} answer tokens in {t['seconds']:.1f} s ({t['tokens_per_s']:.0f} answer tokens/s)"
+            + (f"; {t['n_replay']} of the pairs are the target's own replayed answers" if t.get("n_replay") else ""),
             f"- loss: first step {t['curve'][0]['loss']:.3f}, last step {t['curve'][-1]['loss']:.3f}"
             + (f"; validation after each epoch: {', '.join(f'{v:.3f}' for v in last_val)}" if last_val else ""),
         ]
