@@ -225,7 +225,7 @@ def test_pool_overrides_and_cache_paths_are_those_the_cached_runs_were_made_with
     # the settings as results record them: rounds only with --quick, the curve's extra grid never
     assert list(transfer.Settings(seeds=[0]).as_json()) == [
         "seeds", "pairs", "steps", "eval_limit", "teacher_epochs", "teacher_patience", "teacher_lr", "quick",
-        "curve_pairs", "curve_steps", "aim", "paraphrases", "candidates", "rank", "lr", "epochs",
+        "curve_pairs", "curve_steps", "aim", "paraphrases", "candidates", "rank", "lr", "epochs", "patience",
     ]  # fmt: skip
     assert transfer.Settings(seeds=[0, 1]).quick_mode().as_json()["rounds"] == 2
 
