@@ -93,3 +93,23 @@ def test_check_says_what_stops_training_and_what_it_replays(tiny, target_gguf, t
     (tmp_path / "plain").mkdir()
     plain = _recipe(tiny, target_gguf, tmp_path / "plain")
     assert "replay" not in CliRunner().invoke(main, ["check", str(plain.path)]).output
+
+
+def test_a_replay_with_an_empty_reply_is_read_back_on_resume(tiny, target_gguf, tmp_path, monkeypatch):
+    recipe = _recipe(tiny, target_gguf, tmp_path, replay=0.5)
+    out = recipe.output.run_dir / "train"
+    claim_out(out, "training folder")
+
+    def one_empty(_dir, _target, prompts, _progress):
+        return ["", *["ok"] * (len(prompts) - 1)]
+
+    monkeypatch.setattr(replay, "_answers", one_empty)
+    first = replay.replay_pairs(hf_dir(recipe.target), recipe.target, recipe.train, 12, out, progress=False, log=print)
+    assert len(first) == 5  # the empty reply is not trained on
+
+    def no_generation(*_args):
+        raise AssertionError("the replay was generated again")
+
+    monkeypatch.setattr(replay, "_answers", no_generation)
+    again = replay.replay_pairs(hf_dir(recipe.target), recipe.target, recipe.train, 12, out, progress=False, log=print)
+    assert again == first

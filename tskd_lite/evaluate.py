@@ -121,13 +121,11 @@ def eval_transformers(
     batch_size: int = 8,
 ) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tskd_lite.target import answer_logprobs, greedy_answers
+    from tskd_lite.target import answer_logprobs, greedy_answers, load_fp32
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer, model = load_fp32(model_dir)
     fmt = formatter_for(tokenizer)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
     prompts = [it.prompt for it in items]
     predictions = greedy_answers(
         model, tokenizer, fmt, prompts, max_tokens, batch_size=batch_size, progress=progress, desc=f"eval {name}"

@@ -200,6 +200,16 @@ class Formatter:
         return ids, ([-100] * len(head) + labels)[:max_len]
 
 
+def load_fp32(model_dir: Path):
+    """(tokenizer, model) of a safetensors folder in fp32 for inference: what evaluation and replay generate with."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
+    return tokenizer, model
+
+
 def greedy_answers(
     model,
     tokenizer,

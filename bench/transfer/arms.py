@@ -35,6 +35,7 @@ EVERY_ROUND = {"target_kept": 1 << 30}
 # prompt budget: a cap set for the world asked 41 of a real domain's 249 names.
 EVERY_NAME = {**EVERY_ROUND, "candidates_per_round": MAX_CANDIDATES}
 CONTRAST = {"select": {"rule": "contrast"}}
+REPLAY = {"replay": 0.25}  # the replay arms' [train]: the target's own answers, one for every four pairs
 TOKEN_TOP_FRACTION = 0.5
 
 REGISTRY: dict[str, Arm] = {}
@@ -277,7 +278,7 @@ class EntitiesReplay(Arm):
     default = False
     needs_entities = True
     pool = "entities"
-    train = {"replay": 0.25}
+    train = REPLAY
 
 
 @register
@@ -286,7 +287,7 @@ class FullReplay(Arm):
     description = "full's pairs plus the target's own answers to general prompts, 0.25 per pair (`train.replay`)"
     default = False
     pool = "full"
-    train = {"replay": 0.25}
+    train = REPLAY
 
 
 def _check_pools() -> None:

@@ -52,23 +52,20 @@ def replay_pairs(
     if path.is_file():
         rows = [row for _, row in read_jsonl(path, str(path))]
         if [row.get("prompt") for row in rows] == chosen:
-            return [(row["prompt"], row["answer"], None) for row in rows]
+            return [(row["prompt"], row["answer"], None) for row in rows if row["answer"]]
     log(f"replay: the target answers {n} general prompts itself before training (once, kept in {path})")
     answers = _answers(target_dir, target, chosen, progress)
-    pairs = [(p, a, None) for p, a in zip(chosen, answers, strict=True) if a]
-    atomic.write_text(path, "".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a, _ in pairs))
-    return pairs
+    # every prompt asked is written, an empty reply too, so that the file matches `chosen` and a resume reads it
+    asked = list(zip(chosen, answers, strict=True))
+    atomic.write_text(path, "".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in asked))
+    return [(p, a, None) for p, a in asked if a]
 
 
 def _answers(target_dir: Path, target: Target, prompts: list[str], progress: bool) -> list[str]:
     """The untouched target's greedy replies, as evaluation generates them (fp32: the weights training starts from)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tskd_lite.target import Formatter, greedy_answers, load_fp32
 
-    from tskd_lite.target import Formatter, greedy_answers
-
-    tokenizer = AutoTokenizer.from_pretrained(target_dir)
-    model = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32, use_safetensors=True).eval()
+    tokenizer, model = load_fp32(target_dir)
     fmt = Formatter.for_target(tokenizer, target)
     replies = greedy_answers(model, tokenizer, fmt, prompts, MAX_ANSWER_TOKENS, progress=progress, desc="replay")
     return [reply.strip() for reply in replies]
