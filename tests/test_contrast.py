@@ -67,7 +67,9 @@ def test_the_contrast_rule_drops_guesses_and_ranks_by_contrast():
     assert "no name or number" in decisions[2][1]
     assert "< tau" in decisions[3][1]  # a large contrast does not excuse a failed ratio test
     assert "outside the round's top_fraction" in decisions[4][1]  # ceil(0.3 x 6) = 2 fit: 5.0 and 3.0, not 2.0
-    assert decisions[0][1] == f"PPL ratio {math.exp(1.0):.3g}, contrast 5"
+    assert decisions[0][1] == (
+        f"PPL ratio {math.exp(1.0):.3g} >= tau 1.5, contrast 5 >= min_contrast 1, within the round's top_fraction 0.3"
+    )
 
 
 def _with_contrast(raw):

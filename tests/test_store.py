@@ -40,6 +40,14 @@ def test_a_store_made_by_the_previous_release_migrates_and_reads_alike(tmp_path)
     assert (tmp_path / "again.jsonl").read_bytes() == (FIXTURES / "store-0.1.0.jsonl").read_bytes()
     status = CliRunner().invoke(main, ["status", str(db)])
     assert status.exit_code == 0 and "kept 13 pairs" in status.output
+    con = sqlite3.connect(db)  # the audit views, over what that release wrote
+    assert con.execute("select count(*), min(rule), min(threshold) from kept_pairs").fetchone() == (
+        13,
+        "top_fraction",
+        0.5,
+    )
+    assert con.execute("select sum(kept) from round_summary").fetchone() == (13,)
+    con.close()
 
 
 def test_a_first_release_store_gains_each_later_step(tmp_path):
@@ -72,3 +80,62 @@ def test_a_new_store_has_the_same_schema_as_a_migrated_one(tmp_path):
     new, migrated = _tables(tmp_path / "new.db"), _tables(old)
     assert set(new) == set(migrated)
     assert all(set(new[t]) == set(migrated[t]) for t in new)
+
+
+def _tiny_run(tiny, tmp_path: Path) -> Path:
+    """A one-round run with paraphrases under the ppl_ratio rule: every kind of prompt and of reason."""
+    from conftest import recipe_dict, write_recipe
+
+    from tskd_lite import pipeline
+    from tskd_lite.recipe import load_recipe
+
+    raw = recipe_dict(tiny, tmp_path / "run.db")
+    raw["expand"].update(rounds=1, candidates_per_round=6, paraphrases=1)
+    raw["select"] = {"rule": "ppl_ratio", "tau": 1.0001, "top_fraction": 0.8}
+    pipeline.run(load_recipe(write_recipe(tmp_path / "run.toml", raw)), progress=False, log=lambda _: None)
+    return tmp_path / "run.db"
+
+
+def test_the_kept_pairs_view_agrees_with_the_tables(tiny, tmp_path):
+    with Store.read(_tiny_run(tiny, tmp_path)) as store:
+        run_id = store.latest_run().id
+        view = list(store.db.query("select * from kept_pairs where run_id = ?", [run_id]))
+        pairs = store.kept_pairs(run_id)
+        reasons = dict(store.db.execute("select prompt_id, reason from selections where kept = 1").fetchall())
+        strategies = dict(store.db.execute("select id, coalesce(strategy, source) from prompts").fetchall())
+    assert pairs and len(view) == len(pairs)
+    for row, pair in zip(view, pairs, strict=True):
+        assert (row["prompt_id"], row["round"], row["prompt"], row["answer"], row["gap"]) == (
+            pair["id"],
+            pair["round"],
+            pair["prompt"],
+            pair["answer"],
+            pair["gap"],
+        )
+        assert (row["rule"], row["threshold"], row["reason"]) == ("ppl_ratio", 1.0001, reasons[pair["id"]])
+        assert row["strategy"] == strategies[pair["id"]] and row["ppl_ratio"] >= 1.0001
+        assert ">= tau 1.0001" in row["reason"]  # a reason names the threshold it passed
+    assert {"seed", "fewshot"} <= {row["strategy"] for row in view}
+
+
+def test_the_round_summary_view_agrees_with_the_tables(tiny, tmp_path):
+    with Store.read(_tiny_run(tiny, tmp_path)) as store:
+        run_id = store.latest_run().id
+        summary = list(store.db.query("select * from round_summary where run_id = ?", [run_id]))
+        assert [row["round"] for row in summary] == store.rounds_of(run_id)
+        for row in summary:
+            counts = store.status_counts(run_id, row["round"])
+            scored = store.scored(run_id, row["round"])
+            kept = store.db.execute(
+                "select count(*) from selections where run_id = ? and round = ? and kept = 1", [run_id, row["round"]]
+            ).fetchone()[0]
+            assert row["candidates"] == sum(counts.values()) and row["new"] == counts.get("new", 0)
+            assert (row["duplicates"], row["empty"], row["drifted"]) == tuple(
+                counts.get(k, 0) for k in ("duplicate", "empty", "drifted")
+            )
+            assert (row["scored"], row["kept"]) == (len(scored), kept)
+            assert row["paraphrases"] == store.count_paraphrases(run_id, row["round"])
+        assert sum(row["kept"] for row in summary) == len(store.kept_pairs(run_id))
+        dropped = [r for (r,) in store.db.execute("select reason from selections where kept = 0")]
+    for reason in dropped:  # the threshold a dropped pair missed is in its reason
+        assert reason == "empty answer" or "tau 1.0001" in reason or "top_fraction 0.8" in reason, reason

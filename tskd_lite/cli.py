@@ -112,20 +112,55 @@ def main(debug: bool) -> None:
 
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print what check found as one JSON object.")
 @_one_line_errors
-def check(recipe: Path) -> None:
-    """Validate RECIPE without running anything."""
+def check(recipe: Path, as_json: bool) -> None:
+    """Validate RECIPE and say what `run` would do (models, gap unit, stages, resume or new run, paths) without
+    loading a model or writing anything."""
+    from tskd_lite.pipeline import plan
     from tskd_lite.recipe import load_recipe
     from tskd_lite.rundir import check_outputs
 
     r = load_recipe(recipe)
     check_outputs(r)
+    found = plan(r)
+    paths = _paths(r)
+    if as_json:
+        head = {"recipe": str(recipe), "ok": True, "seed_prompts": len(r.seeds.prompts), "rounds": r.expand.rounds}
+        budgets = {"pool": _pool_budget(r.expand), "train": _train_budget(r.train) if r.target is not None else None}
+        files = {kind: [str(p) for what, p in paths if what == kind] for kind in ("reads", "writes")}
+        found = head | found | budgets | files
+        click.echo(json.dumps(found, indent=2))
+        return
     click.echo(f"{recipe}: ok ({len(r.seeds.prompts)} seed prompts, {r.expand.rounds} rounds, database {r.output.db})")
+    for line in _plan_lines(found):
+        click.echo(f"  {line}")
     click.echo(f"  pool    {_pool_budget(r.expand)}")
     if r.target is not None:
         click.echo(f"  train   {_train_budget(r.train)}")
-    for what, path in _paths(r):
+    for what, path in paths:
         click.echo(f"  {what:<7} {path}")
+    for warning in found["warnings"]:
+        click.echo(f"WARNING: {warning}")
+
+
+def _plan_lines(found: dict) -> list[str]:
+    """check's lines for pipeline.plan: the roles, the gap's unit, the stages and the run."""
+    lines = []
+    for role, model in found["roles"].items():
+        about = f"; {model['about']}" if model["about"] else ""
+        lines.append(f"{role:<7} {model['model']} ({model['backend']}{about})")
+    same = "teacher and base share a tokenizer" if found["unit"] == "token" else "teacher and base tokenizers differ"
+    lines.append(f"gap     per {found['unit']} ({same})")
+    stages = found["stages"]
+    lines.append(f"stages  each round: {', '.join(stages['each_round'])}; then {', '.join(stages['after_rounds'])}")
+    run = found["run"]
+    if run["action"] == "new":
+        lines.append(f"run     starts a new run in {run['db']}")
+    else:
+        done = f": {run['message']}" if run["message"] else ""
+        lines.append(f"run     resumes run {run['run_id']} in {run['db']} ({run['status']}{done})")
+    return lines
 
 
 def _train_budget(t) -> str:

@@ -194,3 +194,14 @@ def identity(path: Path) -> str:
             f.seek(size - (16 << 20))
             digest.update(f.read())
     return f"{size}:{digest.hexdigest()[:16]}"
+
+
+def model_name(path: Path) -> str | None:
+    """The name and architecture a GGUF's header gives ("SmolLM2 135M Instruct, llama"); None where it gives
+    neither or the file is no GGUF (what `check` shows beside a path, so a wrong file is seen before a run)."""
+    try:
+        fields = read_header(path, str(path)).fields
+    except TskdError:
+        return None
+    parts = [v for v in (fields.get("general.name"), fields.get("general.architecture")) if isinstance(v, str)]
+    return ", ".join(parts) or None

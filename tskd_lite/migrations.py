@@ -161,3 +161,39 @@ def m005_model_identities(db: sqlite_utils.Database) -> None:
 def m006_score_byte_ends(db: sqlite_utils.Database) -> None:
     """Where each scored answer token ends in the answer's bytes (token-level selection, the contrast rule)."""
     _add_columns(db["scores"], {"teacher_byte_ends": str})
+
+
+# The keep rule's threshold as the run recorded it: tau, or the share for the top_fraction rule (flatten() keys
+# are dotted, hence the quoted JSON path labels).
+_SELECT_KEY = "json_extract(r.recipe_json, '$.\"select.{}\"')"
+
+KEPT_PAIRS_VIEW = f"""
+select p.run_id, p.round, p.id as prompt_id, coalesce(p.strategy, p.source) as strategy, p.source,
+       p.text as prompt, a.text as answer, s.gap, s.unit, s.base_ppl / s.teacher_ppl as ppl_ratio,
+       s.teacher_ppl, s.base_ppl, {_SELECT_KEY.format("rule")} as rule,
+       case {_SELECT_KEY.format("rule")} when 'top_fraction' then {_SELECT_KEY.format("top_fraction")}
+            else {_SELECT_KEY.format("tau")} end as threshold,
+       sel.reason
+from prompts p join selections sel on sel.prompt_id = p.id and sel.kept = 1
+join answers a on a.prompt_id = p.id join scores s on s.prompt_id = p.id join runs r on r.id = p.run_id
+order by p.run_id, p.round, p.idx
+"""
+
+# Every prompt of a round once (each joined table has one row per prompt at most), so the counts add up.
+ROUND_SUMMARY_VIEW = """
+select p.run_id, p.round, count(*) as candidates, sum(p.source = 'paraphrase') as paraphrases,
+       sum(p.status = 'new') as new, sum(p.status = 'duplicate') as duplicates, sum(p.status = 'empty') as empty,
+       sum(p.status = 'drifted') as drifted, count(a.prompt_id) as answered, count(s.prompt_id) as scored,
+       coalesce(sum(sel.kept), 0) as kept, avg(s.gap) as mean_gap, max(s.gap) as max_gap
+from prompts p left join answers a on a.prompt_id = p.id left join scores s on s.prompt_id = p.id
+left join selections sel on sel.prompt_id = p.id
+group by p.run_id, p.round
+order by p.run_id, p.round
+"""
+
+
+@migration
+def m007_audit_views(db: sqlite_utils.Database) -> None:
+    """Views for reading a store with SQL or Datasette: the kept pairs in words, and each round's funnel."""
+    db.create_view("kept_pairs", KEPT_PAIRS_VIEW, ignore=True)
+    db.create_view("round_summary", ROUND_SUMMARY_VIEW, ignore=True)

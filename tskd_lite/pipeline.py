@@ -7,6 +7,7 @@ same pool and dataset as one that was never interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -17,16 +18,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tskd_lite import contrast, expand, rundir
+from tskd_lite import contrast, expand, gguf_meta, rundir
 from tskd_lite.backends import Backend, backend_class, open_backend
 from tskd_lite.dedup import Pool, normalise
 from tskd_lite.errors import TskdError
 from tskd_lite.export import export
-from tskd_lite.recipe import Recipe, changed_keys, flatten, recipe_hash
+from tskd_lite.recipe import ModelSpec, Recipe, changed_keys, flatten, recipe_hash
 from tskd_lite.report import write_report
 from tskd_lite.score import score_pairs
 from tskd_lite.select import RULES, decide
-from tskd_lite.store import Store
+from tskd_lite.store import RunInfo, Store
 from tskd_lite.strategies import STRATEGIES, Round
 
 Log = Callable[[str], None]
@@ -50,8 +51,7 @@ class _Models:
 
     def _load(self, role: str) -> Backend:
         spec = getattr(self.recipe, role) if role != "generator" else self.recipe.generator_spec
-        name = spec.model.name if spec.url is None else f"{spec.served_model} at {spec.url}"
-        self.log(f"loading {role}: {name}" + (f" + LoRA {spec.lora.name}" if spec.lora else ""))
+        self.log(f"loading {role}: {describe_model(spec, lambda path: path.name)}")
         return open_backend(spec, role=role, threads=self.recipe.threads, parallel=self.recipe.parallel)
 
     @cached_property
@@ -70,6 +70,12 @@ class _Models:
         for role in ("teacher", "base", "generator"):
             if role in self.__dict__:
                 self.__dict__[role].close()
+
+
+def describe_model(spec: ModelSpec, name: Callable[[Path], str] = str) -> str:
+    """A model as the log and `check` name it: its file and LoRA, or its name on the server that serves it."""
+    model = name(spec.model) if spec.url is None else f"{spec.served_model} at {spec.url}"
+    return model + (f" + LoRA {name(spec.lora)}" if spec.lora else "")
 
 
 def run(recipe: Recipe, *, force_new: bool = False, progress: bool = True, log: Log = print) -> RunResult:
@@ -118,19 +124,76 @@ def run_all(recipe: Recipe, *, force_new: bool = False, progress: bool = True, l
     result = run(recipe, force_new=force_new, progress=progress, log=log)
     log(f"run {result.run_id} {result.status}: {result.message}")
     log(f"dataset: {result.export_path} ({result.kept} pairs)")
-    if recipe.target is not None and result.kept:
+    after = stages(recipe)[1]
+    if "train" in after and result.kept:
         train_target(recipe, progress=progress, log=log)
-    if recipe.eval is not None and recipe.target is not None:
+    if "eval" in after:
         evaluate_run(recipe, progress=progress, log=log)
-    if recipe.target is not None or recipe.eval is not None:
+    if "report" in after:
         log(f"report: {write_report(recipe.output.run_dir)}")
     return result
 
 
+def stages(recipe: Recipe) -> tuple[list[str], list[str]]:
+    """What run_all does for the recipe: the stages of each round, then those after the rounds (`check` shows them,
+    run_all follows them, so the two cannot disagree)."""
+    cfg = recipe.expand
+    per_round = (["expand"] if cfg.rounds > 0 else []) + ["respond", "score", *RULES[recipe.select.rule].needs]
+    per_round += ["select"] + (["paraphrase"] if cfg.paraphrases else [])
+    after = ["export"]
+    if recipe.target is not None:
+        after += ["train", "eval"] if recipe.eval is not None else ["train"]
+    if recipe.target is not None or recipe.eval is not None:
+        after.append("report")
+    return per_round, after
+
+
+def plan(recipe: Recipe) -> dict:
+    """What `run` would do with the recipe, found without loading a model or writing a file (`check`): each role's
+    model and backend, the gap's unit (with a warning where teacher and base tokenizers differ, the likeliest
+    mistake: a base that is not the teacher's own), the stages, and the run it resumes or the new one it starts."""
+    roles = {}
+    for role in ("teacher", "base", "generator"):
+        spec = getattr(recipe, role)
+        if spec is not None:
+            about = gguf_meta.model_name(spec.model) if spec.model is not None else None
+            roles[role] = {"model": describe_model(spec), "backend": spec.backend, "about": about}
+    if recipe.target is not None:
+        model = recipe.target.model
+        about = "Hugging Face folder" if model.is_dir() else gguf_meta.model_name(model)
+        roles["target"] = {"model": str(model), "backend": "transformers", "about": about}
+    run, recorded_unit = _run_plan(recipe)
+    unit = recorded_unit or gap_unit(recipe)  # a resumed run keeps the unit it was scored in
+    warnings = []
+    if unit == "byte":
+        teacher, base = (f"{r}: {roles[r]['about'] or roles[r]['model']}" for r in ("teacher", "base"))
+        warnings.append(
+            f"teacher and base tokenizers differ ({teacher}; {base}): the gap is measured per byte of answer text, "
+            "not per token; the base should be the model the teacher was fine-tuned from"
+        )
+    per_round, after = stages(recipe)
+    stages_ = {"each_round": per_round, "after_rounds": after}
+    return {"roles": roles, "unit": unit, "warnings": warnings, "stages": stages_, "run": run}
+
+
+def _run_plan(recipe: Recipe) -> tuple[dict, str | None]:
+    """Whether `run` resumes a run of the recipe's store (read only; TskdError where it would refuse) or starts one,
+    and the unit a resumed run was scored in."""
+    db, latest = recipe.output.db, None
+    if db.is_file() and db.stat().st_size > 0:  # an empty file becomes a store at run, as a missing one does
+        with Store.read(db) as store:
+            latest = resumable(store, recipe)
+    if latest is None:
+        return {"action": "new", "db": str(db), "run_id": None, "status": None, "message": None}, None
+    resume = {"action": "resume", "db": str(db), "run_id": latest.id, "status": latest.status}
+    return resume | {"message": latest.message}, latest.unit
+
+
 def train_target(recipe: Recipe, *, progress: bool = True, log: Log = print):
     """Train the target on the exported dataset of the recipe's run."""
-    from tskd_lite.train import read_pairs, train
+    from tskd_lite.train import dist, read_pairs, train
 
+    log = dist.on_main(log)  # under torchrun or accelerate launch: one voice, rank 0's
     rundir.claim(recipe.output.run_dir, recipe.output.db, None, f"{recipe.path}: output.dir")
     path = recipe.output.export_path
     if not path.is_file():
@@ -138,7 +201,8 @@ def train_target(recipe: Recipe, *, progress: bool = True, log: Log = print):
     if recipe.target is None:
         raise TskdError(f"{recipe.path}: target: a [target] table is needed to train")
     pairs = read_pairs(path) if recipe.train.token_top_fraction == 1.0 else token_selected_pairs(recipe, log)
-    with rundir.lock(recipe.output.run_dir):
+    # under torchrun or accelerate launch (one process per device), rank 0 holds the lock for all of them
+    with rundir.lock(recipe.output.run_dir) if dist.is_main() else contextlib.nullcontext():
         result = train(recipe.target, recipe.train, recipe.output.run_dir / "train", pairs, progress=progress, log=log)
     log(
         f"trained the target: {result.mode}, {result.steps} steps, {result.tokens_per_s:.0f} answer tokens/s; "
@@ -220,34 +284,47 @@ def _preflight(recipe: Recipe, models: _Models) -> None:
         )
 
 
+def resumable(store: Store, recipe: Recipe) -> RunInfo | None:
+    """The run of store that `run` (without --force-new) resumes for recipe, None where it starts a new one; raises
+    TskdError where it refuses (a key that alters results changed, a model file replaced in place). Reads only, so
+    `check` asks the same question `run` does."""
+    latest = store.latest_run()
+    if latest is None:
+        return None
+    flat = flatten(recipe)
+    changed = changed_keys(latest.recipe, flat)
+    if changed:
+        raise TskdError(
+            f"{store.path}: run {latest.id} was made with a different recipe ({', '.join(changed)} changed); "
+            "restore those keys to resume it, or pass --force-new to start a new run in this database"
+        )
+    models = _model_identities(recipe)
+    recorded = store.run_models(latest.id) or {}
+    for key, value in recorded.items():
+        if key in models and models[key] != value:
+            raise TskdError(
+                f"{recipe.path}: {key}: {flat[key]} is not the file run {latest.id} was made with (size or "
+                "content changed); restore it, or pass --force-new to start a new run"
+            )
+    return latest
+
+
+def gap_unit(recipe: Recipe) -> str:
+    """How the run's gaps are measured: per token where teacher and base split text alike (their log-probs compare
+    token by token), else per byte of answer text."""
+    teacher, base = (backend_class(spec).tokenizer_identity(spec) for spec in (recipe.teacher, recipe.base))
+    return "token" if teacher == base else "byte"
+
+
 def _start(store: Store, recipe: Recipe, force_new: bool, log: Log) -> int:
     flat = flatten(recipe)
-    latest = store.latest_run()
-    if latest is not None and not force_new:
-        changed = changed_keys(latest.recipe, flat)
-        if changed:
-            raise TskdError(
-                f"{store.path}: run {latest.id} was made with a different recipe ({', '.join(changed)} changed); "
-                "restore those keys to resume it, or pass --force-new to start a new run in this database"
-            )
-        models = _model_identities(recipe)
-        recorded = store.run_models(latest.id) or {}
-        for key, value in recorded.items():
-            if key in models and models[key] != value:
-                raise TskdError(
-                    f"{recipe.path}: {key}: {flat[key]} is not the file run {latest.id} was made with (size or "
-                    "content changed); restore it, or pass --force-new to start a new run"
-                )
+    latest = None if force_new else resumable(store, recipe)
+    if latest is not None:
         store.resume_run(latest.id, str(recipe.path), flat)
-        store.update_run(latest.id, models=json.dumps(models, sort_keys=True))
+        store.update_run(latest.id, models=json.dumps(_model_identities(recipe), sort_keys=True))
         log(f"resuming run {latest.id} in {store.path}")
         return latest.id
-    unit = (
-        "token"
-        if backend_class(recipe.teacher).tokenizer_identity(recipe.teacher)
-        == backend_class(recipe.base).tokenizer_identity(recipe.base)
-        else "byte"
-    )
+    unit = gap_unit(recipe)
     if unit == "byte":
         log("teacher and base tokenizers differ: perplexities are compared per byte of answer text, not per token")
     run_id = store.new_run(str(recipe.path), recipe.text, flat, recipe_hash(recipe))

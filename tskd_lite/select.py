@@ -25,20 +25,25 @@ class Rule:
     # measurements the pipeline takes before selecting, by name (pipeline.MEASUREMENTS: "contrast" is
     # tskd_lite/contrast.py's), beside the teacher and base scores every rule has
     needs: tuple[str, ...] = ()
-    describe: Callable[[dict], str] = lambda row: f"PPL ratio {math.exp(row['gap']):.3g}"  # an eligible row's reason
+    # an eligible row's reason; each rule names the thresholds it passed, so a reason reads alone in the store
+    describe: Callable[[dict, Select], str] = lambda row, rule: f"PPL ratio {math.exp(row['gap']):.3g}"
 
 
 def _ratio_fails(row: dict, rule: Select) -> str | None:
     if row["gap"] < math.log(rule.tau):
-        return f"PPL ratio {math.exp(row['gap']):.3g} < tau"
+        return f"PPL ratio {math.exp(row['gap']):.3g} < tau {rule.tau:g}"
     return None
+
+
+def _ratio_passes(row: dict, rule: Select) -> str:
+    return f"PPL ratio {math.exp(row['gap']):.3g} >= tau {rule.tau:g}"
 
 
 def _contrast_fails(row: dict, rule: Select) -> str | None:
     if row.get("contrast") is None:
         return "no name or number in the prompt to contrast"
     if row["contrast"] < rule.min_contrast:
-        return f"contrast {row['contrast']:.3g} < min_contrast"
+        return f"contrast {row['contrast']:.3g} < min_contrast {rule.min_contrast:g}"
     return _ratio_fails(row, rule)
 
 
@@ -55,22 +60,28 @@ def _token_fails(row: dict, rule: Select) -> str | None:
     if row.get("unit") != "token":
         return "token_gap needs teacher and base to share a tokenizer"
     if _token_lift(row) < math.log(rule.tau):
-        return f"top-token lift {_token_lift(row):.3g} < log(tau)"
+        return f"top-token lift {_token_lift(row):.3g} < log(tau) {math.log(rule.tau):.3g}"
     return None
 
 
+def _token_passes(row: dict, rule: Select) -> str:
+    return f"top-token lift {_token_lift(row):.3g} >= log(tau) {math.log(rule.tau):.3g}"
+
+
 RULES: Registry[Rule] = Registry("keep rule")
-RULES.register("ppl_ratio")(Rule(_ratio_fails, lambda row: row["gap"]))
+RULES.register("ppl_ratio")(Rule(_ratio_fails, lambda row: row["gap"], describe=_ratio_passes))
 RULES.register("top_fraction")(Rule(lambda row, rule: None, lambda row: row["gap"]))
 RULES.register("contrast")(
     Rule(
         _contrast_fails,
         lambda row: row["contrast"],
         needs=("contrast",),
-        describe=lambda row: f"PPL ratio {math.exp(row['gap']):.3g}, contrast {row['contrast']:.3g}",
+        describe=lambda row, rule: (
+            f"{_ratio_passes(row, rule)}, contrast {row['contrast']:.3g} >= min_contrast {rule.min_contrast:g}"
+        ),
     )
 )
-RULES.register("token_gap")(Rule(_token_fails, _token_lift))
+RULES.register("token_gap")(Rule(_token_fails, _token_lift, describe=_token_passes))
 
 
 def decide(scored: list[dict], rule: Select) -> list[tuple[bool, str]]:
@@ -84,9 +95,13 @@ def decide(scored: list[dict], rule: Select) -> list[tuple[bool, str]]:
     eligible = []
     for i, row in enumerate(scored):
         if row["n_tokens"] < rule.min_answer_tokens:
-            decisions.append((False, f"answer has {row['n_tokens']} tokens < min_answer_tokens"))
+            decisions.append(
+                (False, f"answer has {row['n_tokens']} tokens < min_answer_tokens {rule.min_answer_tokens}")
+            )
         elif rule.max_teacher_ppl is not None and row["teacher_ppl"] > rule.max_teacher_ppl:
-            decisions.append((False, f"teacher PPL {row['teacher_ppl']:.3g} > max_teacher_ppl"))
+            decisions.append(
+                (False, f"teacher PPL {row['teacher_ppl']:.3g} > max_teacher_ppl {rule.max_teacher_ppl:g}")
+            )
         elif (why := keep.fails(row, rule)) is not None:
             decisions.append((False, why))
         else:
@@ -96,9 +111,13 @@ def decide(scored: list[dict], rule: Select) -> list[tuple[bool, str]]:
     n_top = math.ceil(rule.top_fraction * len(scored))
     ranked = sorted(eligible, key=lambda i: (-keep.rank(scored[i]), i))
     top = set(ranked[:n_top])
+    share = f"the round's top_fraction {rule.top_fraction:g}"
     for i in eligible:
-        why = keep.describe(scored[i])
-        decisions[i] = (True, why) if i in top else (False, f"{why} outside the round's top_fraction")
+        why = keep.describe(scored[i], rule)
+        if i not in top:
+            decisions[i] = (False, f"{why}, outside {share}")
+        else:  # a fraction of 1 keeps every eligible row: nothing to say about it
+            decisions[i] = (True, why if rule.top_fraction == 1.0 else f"{why}, within {share}")
     return decisions  # type: ignore[return-value]
 
 

@@ -172,6 +172,8 @@ class Store:
 
     def run_models(self, run_id: int) -> dict | None:
         """{recipe key: gguf_meta.identity} of the model files the run was made with (None: not recorded)."""
+        if "models" not in self.db["runs"].columns_dict:  # a store from before m005, opened read-only (check)
+            return None
         row = self.db.execute("select models from runs where id = ?", [run_id]).fetchone()
         return json.loads(row[0]) if row and row[0] else None
 

@@ -15,6 +15,8 @@ The modules, in the order train() uses them:
 - outputs.py: the folder's marker (claim_out), then the adapter, merged model and GGUF LoRA written as .part and
   renamed into place (check_gguf_adapter compares the GGUF LoRA in llama.cpp with the merged model), train.json
   last (TrainResult).
+- dist.py: several devices, one process each under torchrun or accelerate launch (DDP: the batches shared out, the
+  gradients summed, rank 0 alone writing); with one process every function there does nothing.
 - teacher.py: make_teacher, and the teacher's training settings (teacher_settings), which the make-teacher command
   and bench/transfer.py both use.
 """

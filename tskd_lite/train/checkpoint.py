@@ -20,6 +20,7 @@ import numpy as np
 from tskd_lite import atomic
 from tskd_lite.recipe import Target, Train
 from tskd_lite.train.data import Example
+from tskd_lite.train.dist import is_main, main_first
 from tskd_lite.train.outputs import TrainResult
 
 
@@ -120,11 +121,12 @@ def load_lora_weights(model, weights: dict) -> None:
 
 def resume(ckpt: Path, fingerprint: str, model, optimizer, scheduler, total_steps: int, log) -> TrainState:
     """The state to start from: a checkpoint's, loaded into model, optimizer, scheduler and torch's generator, when
-    one of this fingerprint is there; a fresh state otherwise."""
+    one of this fingerprint is there; a fresh state otherwise. Under DDP every rank loads it."""
     import torch
     from safetensors.torch import load_file
 
-    recover_checkpoint(ckpt)
+    with main_first():  # its renames, by rank 0 alone and before the others look
+        recover_checkpoint(ckpt)
     if not (ckpt / "state.json").is_file():
         return TrainState()
     saved = json.loads((ckpt / "state.json").read_text())
@@ -143,6 +145,9 @@ def resume(ckpt: Path, fingerprint: str, model, optimizer, scheduler, total_step
 
 
 def save_checkpoint(ckpt: Path, state: TrainState, fingerprint: str, model, optimizer, scheduler) -> None:
+    """The checkpoint, written by rank 0 alone under DDP: the ranks hold the same weights and optimiser state."""
+    if not is_main():
+        return
     import torch
     from safetensors.torch import save_file
 

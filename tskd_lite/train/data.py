@@ -140,6 +140,12 @@ def pack(examples: list[Example], pad_id: int):
     return ids, labels, positions
 
 
+def answer_tokens(examples: list[Example]) -> int:
+    """The count of tokens that carry the loss in examples: answer_loss's count, known without running the model
+    (a label predicts from the token before it, so an example's first never counts)."""
+    return sum(sum(label != -100 for label in e.labels[1:]) for e in examples)
+
+
 def answer_loss(model, examples: list[Example], pad_id: int, device) -> tuple:
     """Mean cross-entropy over answer tokens of a batch (labels -100 elsewhere), and the answer-token count.
 

@@ -75,6 +75,7 @@ class TrainResult:
     gguf_adapter: Path | None
     gguf_check: dict | None
     n_replay: int = 0  # of n_train + n_val, the target's own replayed answers (replay.py); absent before replay
+    processes: int = 1  # one per device under torchrun or accelerate launch (dist.py); absent before them
 
     def to_json(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tskd_lite.recipe import Train
+from tskd_lite.train.dist import broadcast_params, world
 
 # The settings that are not [train]'s (recipe.Train holds those, with their defaults and bounds).
 GRAD_CLIP = 1.0  # the gradient's largest norm before a step
@@ -39,7 +40,10 @@ def choose_hardware(cfg: Train, log) -> Hardware:
     mode = ("QLoRA (NF4, double quantization)" if quantize else "LoRA (fp32)") + (" on CUDA" if cuda else " on the CPU")
     if not cuda:
         log(f"no CUDA GPU found: training {mode}")
-    return Hardware(cuda, torch.device("cuda" if cuda else "cpu"), quantize, bf16, mode)
+    w = world()
+    # under DDP each process has its own GPU, the one of its local rank (a single process keeps plain "cuda")
+    device = torch.device("cuda", w.local_rank) if cuda and w.size > 1 else torch.device("cuda" if cuda else "cpu")
+    return Hardware(cuda, device, quantize, bf16, mode)
 
 
 def lora_config(cfg: Train):
@@ -72,16 +76,24 @@ def load_model(target_dir: Path, cfg: Train, hw: Hardware):
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=load_kwargs["dtype"],
         )
+        # the whole model on this process's GPU (under DDP: {"": local_rank}), never spread over the others
         load_kwargs["device_map"] = {"": hw.device.index or 0} if hw.cuda else {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(target_dir, use_safetensors=True, **load_kwargs)
+    # Non-reentrant checkpointing: torch's recommended kind, the one that works with DDP's gradient hooks, and one
+    # that passes gradients through a block whose inputs need none (the reentrant kind does not: frozen embeddings).
+    checkpointing = {"use_reentrant": False}
     if hw.quantize:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=hw.cuda)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=hw.cuda, gradient_checkpointing_kwargs=checkpointing
+        )
     else:
         model.to(hw.device)
         if hw.cuda:
-            model.gradient_checkpointing_enable()
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
             model.enable_input_require_grads()
-    return get_peft_model(model, lora_config(cfg))
+    model = get_peft_model(model, lora_config(cfg))
+    broadcast_params([p for p in model.parameters() if p.requires_grad])  # under DDP: rank 0's LoRA everywhere
+    return model
 
 
 def make_optimizer(model, cfg: Train, hw: Hardware) -> tuple[list, Any]:
