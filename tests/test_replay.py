@@ -60,8 +60,10 @@ def test_a_resumed_training_reads_its_replay_instead_of_writing_it_again(tiny, t
         replay.replay_pairs(hf_dir(recipe.target), recipe.target, recipe.train, 8, out, progress=False, log=print)
 
 
-def test_no_replay_by_default_changes_nothing(tiny, target_gguf, tmp_path):
-    result = _train(_recipe(tiny, target_gguf, tmp_path))
+def test_replay_is_on_by_default_and_zero_changes_nothing(tiny, target_gguf, tmp_path):
+    default = recipe_dict(tiny, tmp_path / "default" / "pool.db")  # no [train] table
+    assert load_recipe(write_recipe(tmp_path / "default.toml", default)).train.replay == 0.25
+    result = _train(_recipe(tiny, target_gguf, tmp_path, replay=0))
     assert result.n_replay == 0 and not (result.out_dir / replay.REPLAY_FILE).exists()
 
 
@@ -91,7 +93,7 @@ def test_check_says_what_stops_training_and_what_it_replays(tiny, target_gguf, t
     assert "stopped when held-out loss has not improved for 2 epochs" in shown
     assert f"replay: 0.25 of the target's own answers per pair, of {len(GENERAL_PROMPTS)} prompts" in shown
     (tmp_path / "plain").mkdir()
-    plain = _recipe(tiny, target_gguf, tmp_path / "plain")
+    plain = _recipe(tiny, target_gguf, tmp_path / "plain", replay=0)
     assert "replay" not in CliRunner().invoke(main, ["check", str(plain.path)]).output
 
 

@@ -36,6 +36,7 @@ def _recipe(tiny, target_gguf, tmp_path, **train):
         "max_seq_len": 96,
         "learning_rate": 1e-2,
         "dropout": 0.0,
+        "replay": 0.0,  # these tests count steps and pairs; tests/test_replay.py turns it on
         **train,
     }
     return load_recipe(write_recipe(tmp_path / "r.toml", raw))
@@ -304,7 +305,7 @@ def test_a_hugging_face_folder_target_trains_without_gguf_export(tiny, target_gg
     folder = hf_dir(Target(model=target_gguf, cache=tmp_path / "folder"), log=lambda _: None)
     raw = recipe_dict(tiny, tmp_path / "run" / "pool.db")
     raw["target"] = {"model": folder}
-    raw["train"] = {"rank": 4, "epochs": 1, "batch_size": 4, "max_seq_len": 96}
+    raw["train"] = {"rank": 4, "epochs": 1, "batch_size": 4, "max_seq_len": 96, "replay": 0.0}
     recipe = load_recipe(write_recipe(tmp_path / "r.toml", raw))
     result = _train(recipe)
     assert result.steps == 3 and (result.out_dir / "merged" / "config.json").is_file()

@@ -159,6 +159,7 @@ def test_each_arm_is_one_registered_entry_and_the_readme_and_help_are_made_from_
     )  # fmt: skip
     assert transfer.DEFAULT_ARMS == (
         "seeds_only", "no_selection", "full", "oracle", "entities", "entities_contrast", "follow_contrast",
+        "entities_replay",
     )  # fmt: skip
     assert transfer.POOLS == (
         "full", "no_selection", "one_round", "full_aug", "entities", "sample", "full_contrast", "full_token_gap",

@@ -248,8 +248,9 @@ class Train:
     # training loss (Gekhman et al. 2024).
     patience: int = _int_in(0, 0, 10_000, "0: no early stopping")
     # Replayed pairs per training pair: the target's own answers to general prompts, written before training and
-    # trained on beside the distilled pairs, so that a narrow dataset does not erase what it knew (0: none).
-    replay: float = _number_in(0.0, 0, 10)
+    # trained on beside the distilled pairs, so that a narrow dataset does not erase what it knew (0: none). On by
+    # default: on the countries domain it kept what the target knew and recovered more (docs/benchmark.md).
+    replay: float = _number_in(0.25, 0, 10)
     replay_prompts: Path | None = None  # one prompt per line (default: the bundled general prompts)
     quantize: str = _one_of("auto", "auto", "nf4", "none")
     token_top_fraction: float = _unit_interval(1.0)

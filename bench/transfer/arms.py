@@ -56,7 +56,9 @@ class Arm:
     default: ClassVar[bool]
     pool: ClassVar[str | None] = None  # the pool it trains on; set to its own name where it defines overrides
     needs_entities: ClassVar[bool] = False  # runs only on a domain that ships entities.txt
-    train: ClassVar[dict] = {}  # [train] keys laid over the recipe's for this arm's training
+    # [train] keys laid over the recipe's for this arm's training: no replay unless the arm says so, so that an
+    # arm measures its pairs alone whatever the product's default
+    train: ClassVar[dict] = {"replay": 0.0}
 
     def overrides(self, domain: Domain) -> dict:
         """The recipe changes that grow this arm's pool."""
@@ -273,9 +275,9 @@ class EntitiesReplay(Arm):
     name = "entities_replay"
     description = (
         "entities' pairs plus the untouched target's own answers to general prompts, 0.25 per pair "
-        "(`train.replay`): do no harm"
+        "(`train.replay`, the product's default): do no harm"
     )
-    default = False
+    default = True
     needs_entities = True
     pool = "entities"
     train = REPLAY

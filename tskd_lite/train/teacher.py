@@ -24,8 +24,8 @@ def teacher_settings(
     patience: int = TEACHER_DEFAULTS["patience"],
     val_fraction: float = TEACHER_DEFAULTS["val_fraction"],
 ) -> Train:
-    """A teacher's [train] settings: LoRA of alpha twice the rank, no dropout, the other settings [train]'s
-    defaults. val_fraction 0 holds a tenth out when early stopping (patience) needs a held-out split, none
+    """A teacher's [train] settings: LoRA of alpha twice the rank, no dropout, no replay, the other
+    settings [train]'s defaults. val_fraction 0 holds a tenth out when early stopping (patience) needs a held-out split, none
     otherwise."""
     return Train(
         rank=rank,
@@ -38,6 +38,7 @@ def teacher_settings(
         val_fraction=val_fraction or (0.1 if patience else 0.0),
         patience=patience,
         dropout=0.0,
+        replay=0.0,  # the teacher is to learn its data, not to keep what the base did
     )
 
 
