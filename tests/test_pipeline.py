@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -18,6 +19,8 @@ from conftest import SEEDS, recipe_dict, write_recipe
 from tskd_lite import pipeline
 from tskd_lite.cli import main
 from tskd_lite.errors import TskdError
+from tskd_lite.export import ACCEPTED
+from tskd_lite.locate import EXPECTED
 from tskd_lite.recipe import load_recipe
 from tskd_lite.store import Store
 
@@ -211,7 +214,92 @@ def test_status_and_export_commands(tiny, tmp_path):
     assert set(rows[0]) == {"instruction", "input", "output", "tskd"}
     assert set(rows[0]["tskd"]) >= {"round", "source", "gap", "teacher_ppl", "base_ppl", "fewshot_ids"}
     missing = runner.invoke(main, ["status", str(tmp_path / "nope.db")])
-    assert missing.exit_code == 1 and missing.output.strip() == f"Error: {tmp_path / 'nope.db'}: database not found"
+    assert missing.exit_code == 1
+    assert missing.output == f"Error: {tmp_path / 'nope.db'}: not found; expected {EXPECTED}\n"
+
+
+# -- reading a finished run: what commands take, export's file formats, run folders that move ------------------
+
+
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory):
+    """One finished run (one round) for the tests that only read a run: home/recipe.toml, home/pool.db and its run
+    folder home/pool/, as a recipe lays them out."""
+    home = tmp_path_factory.mktemp("finished")
+    raw = recipe_dict(tiny, home / "pool.db")
+    raw["expand"]["rounds"] = 1
+    recipe = load_recipe(write_recipe(home / "recipe.toml", raw))
+    pipeline.run(recipe, progress=False, log=lambda _: None)
+    return recipe
+
+
+def test_every_command_that_reads_a_run_takes_its_recipe_or_run_folder(finished, tmp_path):
+    runner = CliRunner()
+    recipe, run_dir, db = finished.path, finished.output.run_dir, finished.output.db
+    statuses = [runner.invoke(main, ["status", str(named), "--json"]) for named in (recipe, run_dir, db)]
+    assert all(s.exit_code == 0 for s in statuses) and len({s.output for s in statuses}) == 1
+    exports = [runner.invoke(main, ["export", str(named), "-o", "-"]) for named in (recipe, run_dir, db)]
+    assert all(e.exit_code == 0 for e in exports) and len({e.output for e in exports}) == 1 and exports[0].output
+    for named in (recipe, run_dir):
+        rebuilt = runner.invoke(main, ["report", str(named)])
+        assert rebuilt.exit_code == 0 and rebuilt.output == f"{run_dir / 'report.md'}\n", rebuilt.output
+        # train and eval load the recipe run.json names; this one has no [target] nor [eval], which they say
+        trained = runner.invoke(main, ["train", str(named)])
+        assert trained.output == f"Error: {recipe}: target: a [target] table is needed to train\n"
+        evaluated = runner.invoke(main, ["eval", str(named)])
+        assert evaluated.output == f"Error: {recipe}: eval: [eval] and [target] tables are needed to evaluate\n"
+    alone = runner.invoke(main, ["report", str(db)])
+    assert alone.exit_code == 1
+    assert alone.output == f"Error: {db}: a database does not say where its run folder is; pass the folder or recipe\n"
+    for command in ("status", "report", "export", "train", "eval"):
+        args = [command, str(tmp_path)] + (["-o", "-"] if command == "export" else [])
+        line = runner.invoke(main, args).output
+        assert line.startswith(f"Error: {tmp_path}: not a run folder (no run.json") and line.count("\n") == 1, command
+
+
+def test_export_writes_the_format_its_extension_names_and_refuses_others(finished, tmp_path):
+    runner, db = CliRunner(), finished.output.db
+    lines = finished.output.export_path.read_text().splitlines()  # the run's own export: JSON Lines
+    for name in ("out.jsonl", "out.ndjson", "OUT.JSONL", "out"):
+        result = runner.invoke(main, ["export", str(db), "-o", str(tmp_path / name)])
+        assert result.output == f"{tmp_path / name}: {len(lines)} pairs (chat, JSON Lines)\n"
+        assert (tmp_path / name).read_text().splitlines() == lines
+    result = runner.invoke(main, ["export", str(db), "-o", str(tmp_path / "out.json")])
+    assert result.exit_code == 0 and result.output.endswith("(chat, JSON)\n")
+    assert json.loads((tmp_path / "out.json").read_text()) == [json.loads(line) for line in lines]
+    assert runner.invoke(main, ["export", str(db), "-o", "-"]).output.splitlines() == lines
+    for name, suffix in (("out.parquet", ".parquet"), ("out.csv", ".csv"), ("out.jsonl.gz", ".gz")):
+        result = runner.invoke(main, ["export", str(db), "-o", str(tmp_path / name), "--format", "alpaca"])
+        assert result.exit_code == 1 and not (tmp_path / name).exists()
+        assert result.output == (
+            f"Error: -o/--output: {tmp_path / name}: export cannot write {suffix} files; it writes {ACCEPTED}\n"
+        )
+
+
+def test_a_run_folder_copied_with_its_database_reads_the_copy(finished, tmp_path):
+    original = tmp_path / "original"
+    shutil.copytree(finished.output.db.parent, original)  # recipe, database and run folder, side by side
+    info = json.loads((original / "pool" / "run.json").read_text())
+    assert info == {"db": os.path.join("..", "pool.db"), "run_id": 1, "recipe": os.path.join("..", "recipe.toml")}
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(original, copy)
+    shutil.rmtree(original)
+    runner = CliRunner()
+    status = runner.invoke(main, ["status", str(copy / "pool")])
+    assert status.exit_code == 0 and "run 1: done" in status.output, status.output
+    report = runner.invoke(main, ["report", str(copy / "pool")])
+    assert report.exit_code == 0 and (copy / "pool" / "report.md").is_file(), report.output
+    assert json.loads((copy / "pool" / "report.json").read_text())["dataset"]["kept"] > 0
+    # the copied recipe still names the first database and folder: train refuses rather than write there
+    line = runner.invoke(main, ["train", str(copy / "pool")]).output
+    assert line == (
+        f"Error: {copy / 'pool'}: its recipe {copy / 'recipe.toml'} writes to {finished.output.run_dir} (output.dir), "
+        "not here; pass a recipe whose output.dir is this folder\n"
+    )
+    # a run.json from before held the database's absolute path: still read
+    (copy / "pool" / "run.json").write_text(json.dumps({"db": str(copy / "pool.db"), "run_id": 1}))
+    assert runner.invoke(main, ["status", str(copy / "pool")]).output == status.output
+    assert not original.exists()
 
 
 # -- kill and resume ------------------------------------------------------------------------------------

@@ -67,6 +67,24 @@ def test_every_command_in_the_commands_table_exists_with_its_options():
             assert option in help_text, f"{command} {option}"
 
 
+def test_help_lists_the_commands_in_workflow_order_each_on_one_whole_line():
+    """click sorts commands by name and cuts their help at about 45 characters; tskd-lite lists them in the order
+    a user meets them, the README's table in the same order, each command's whole first sentence on its line."""
+    from tskd_lite.cli import TOOLS, WORKFLOW
+
+    listing = CliRunner().invoke(main, ["--help"], terminal_width=80).output.split("Commands:\n", 1)[1]
+    lines = listing.strip("\n").splitlines()
+    listed = [line.split()[0] for line in lines]
+    expected = [name for name in WORKFLOW + TOOLS if name in main.commands]
+    assert listed[: len(expected)] == expected and sorted(listed) == sorted(main.commands)
+    for line, name in zip(lines, listed, strict=True):
+        first = " ".join(main.commands[name].help.split("\n\n")[0].split()).split(". ")[0].rstrip(".")
+        assert len(line) <= 80 and "..." not in line and line.split(None, 1)[1].rstrip(".") == first, line
+    table = README.split("## Commands", 1)[1].split("\n## ", 1)[0]
+    in_table = re.findall(r"^\| `tskd-lite ([a-z-]+)", table, re.M)
+    assert in_table == [name for name in listed if name in in_table]
+
+
 def test_every_bundled_recipe_loads_with_its_files_in_place(tiny, tmp_path):
     """recipes/*.toml name the bundled models and data (made by `just models world`); pointed at stand-ins made
     here, every other key must pass validation as written."""
@@ -94,6 +112,40 @@ def test_every_bundled_recipe_loads_with_its_files_in_place(tiny, tmp_path):
         (tmp_path / path.name).write_text("")
         loaded = load_recipe(tmp_path / path.name, layered)
         assert loaded.expand.strategy == raw.get("expand", {}).get("strategy", "fewshot"), path.name
+
+
+def test_the_own_models_fragments_load_with_their_files_in_place(tiny, tmp_path):
+    """Each [teacher]/[base] of "Your own models", pointed at stand-ins of the kind its backend reads (a GGUF and a
+    GGUF LoRA, a Hugging Face folder and a PEFT adapter, a local GGUF beside a server), loads as written."""
+    from peft import LoraConfig, get_peft_model
+    from tinymodels import write_tiny_lora
+
+    from tskd_lite.hf import load_hf
+    from tskd_lite.recipe import Target
+    from tskd_lite.target import hf_dir
+
+    folder = hf_dir(Target(model=tiny["base"], cache=tmp_path / "base-hf"), log=lambda _: None)
+    _, model = load_hf(folder, dtype="float32", device="cpu")
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")
+    gguf_lora = tmp_path / "adapter.gguf"
+    write_tiny_lora(gguf_lora, {"blk.0.attn_q.weight": (64, 64)})
+    files = {  # backend: (model, lora)
+        "llama_cpp": (tiny["base"], gguf_lora),
+        "transformers": (folder, tmp_path / "adapter"),
+        "openai": (tiny["base"], None),
+    }
+    section = README.split("## Your own models", 1)[1].split("\n## ", 1)[0]
+    blocks = _toml_blocks(section)
+    assert [b["teacher"].get("backend", "llama_cpp") for b in blocks] == ["llama_cpp", "transformers", "openai"]
+    for block in blocks:
+        raw = {"seeds": {"prompts": ["One?"]}, "output": {"db": str(tmp_path / "x.db")}}
+        for role in ("teacher", "base"):
+            model, lora = files[block[role].get("backend", "llama_cpp")]
+            stand_ins = {"model": str(model)} | ({"lora": str(lora)} if "lora" in block[role] else {})
+            raw[role] = block[role] | stand_ins
+        (tmp_path / "own.toml").write_text("")
+        recipe = load_recipe(tmp_path / "own.toml", raw)
+        assert recipe.teacher.backend == recipe.base.backend == block["teacher"].get("backend", "llama_cpp")
 
 
 def test_every_relative_link_in_the_readme_and_docs_points_at_an_existing_file():

@@ -180,3 +180,27 @@ def test_a_key_added_since_a_run_was_made_counts_as_its_default():
     current = {"expand.rounds": 3, "select.tau": 1.5, "expand.strategy": "fewshot", "select.min_contrast": 1.0}
     assert changed_keys(recorded, current) == []
     assert changed_keys(recorded, {**current, "expand.strategy": "entities"}) == ["expand.strategy"]
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "value", "expected"),
+    [
+        (None, "tarin", {"epochs": 1}, 'tarin: unknown table, did you mean "train"?'),  # a misspelt table
+        ("select", "tua", 1.5, 'select.tua: unknown key, did you mean "select.tau"?'),  # a misspelt key
+        ("select", "Tau", 1.5, 'select.Tau: unknown key, did you mean "select.tau"?'),  # TOML keys are case-exact
+        ("expand", "tau", 1.5, 'expand.tau: unknown key, did you mean "select.tau"?'),  # a key in the wrong table
+        (None, "rounds", 2, 'rounds: unknown key, did you mean "expand.rounds"?'),  # a table's key at the top
+        ("select", "zzz", 1, "select.zzz: unknown key (select takes: contrast_swaps, max_teacher_ppl,"),
+    ],
+)
+def test_an_unknown_key_is_one_line_naming_the_file_the_key_and_the_likely_one(
+    tiny, tmp_path, table, key, value, expected
+):
+    raw = recipe_dict(tiny, tmp_path / "x.db")
+    (raw if table is None else raw[table])[key] = value
+    path = write_recipe(tmp_path / "r.toml", raw)
+    result = CliRunner().invoke(main, ["check", str(path)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"Error: {path}: {expected}"), line
+    assert ("did you mean" in line) == ("did you mean" in expected)

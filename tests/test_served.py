@@ -243,3 +243,20 @@ def test_a_run_with_teacher_and_base_served_keeps_the_in_process_pool(tiny, serv
     con.close()
     assert json.loads(models["teacher.served_model"])["reported"]["id"] == "teacher"
     assert "base.model" in models  # the local GGUF beside the served name is part of what the run is made of
+
+
+def test_token_texts_place_the_answer_where_a_server_prints_parts_of_characters_as_replacement_characters():
+    # vLLM decodes each echoed token alone: a byte-level token holding half of "ç" prints as U+FFFD, so its offsets
+    # count "ç" twice; the answer is spelled back from the end of the text instead (SmolLM2's tokens here)
+    answer = "Bonjour, ça va? ü"
+    head = ["<|im_start|>", "assistant", "\n"]
+    tokens = [*head, "Bon", "jour", ",", " \ufffd", "\ufffd", "a", " va", "?", " \ufffd", "\ufffd", "<|im_end|>"]
+    sent = "".join(head) + answer
+    assert served._sent_entries(tokens, 1, "", 13) == 13  # every token has an entry: the generated one is the last
+    assert served._spell_back(sent, tokens, 13, answer) == (3, [3, 7, 8, 10, 11, 12, 15, 16, 18, 19])
+    assert served._spell_back("x\n東京", ["x", "\n", "\ufffd", "\ufffd\ufffd", "\ufffd"], 5, "東京") == (2, [2, 5, 6])
+    assert served._spell_back("x\n\ufffdok", ["x", "\n", "\ufffd", "ok"], 4, "\ufffdok") == (2, [3, 5])  # literal
+    assert served._spell_back("xy", ["xy"], 1, "y") is None  # the answer's first token starts in the prompt
+    assert served._spell_back("x\nabc", ["x", "\n", "abd"], 3, "abc") is None  # not the answer's text
+    assert served._spell_back("x\nab", ["x", "\n", "a\ufffd"], 3, "ab") is None  # U+FFFD for an ASCII byte
+    assert served._sent_entries(["a", "b"], 1, "", 2) == 2  # llama-cpp-python left out a generated BOS-id token

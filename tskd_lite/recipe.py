@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -24,6 +25,7 @@ from tskd_lite.backends import BACKENDS
 from tskd_lite.chat import check_template, template_source
 from tskd_lite.errors import TskdError
 from tskd_lite.gguf_meta import check_gguf
+from tskd_lite.hf import check_hf_folder
 from tskd_lite.jsonl import check_input_file, read_eval_file, read_jsonl, read_lines
 from tskd_lite.registry import Registry
 from tskd_lite.select import RULES
@@ -90,10 +92,11 @@ def _one_of(default: str, *choices: str) -> Any:
 @dataclass(frozen=True)
 class ModelSpec:
     """A model and the backend that serves it (tskd_lite/backends/): by default a GGUF in-process through
-    llama.cpp, optionally with a GGUF LoRA adapter applied at load; with backend = "openai", a model an
-    OpenAI-compatible completions server at `url` serves under the name `served_model` (`model`, optional there,
-    is a local copy of its GGUF, read for the chat template and the tokenizer only). The backend checks its own
-    keys at load (llama_cpp requires `model` and refuses `url`)."""
+    llama.cpp, optionally with a GGUF LoRA adapter applied at load; with backend = "transformers", a Hugging Face
+    folder (safetensors) in-process, optionally with a PEFT adapter folder in `lora`; with backend = "openai", a
+    model an OpenAI-compatible completions server at `url` serves under the name `served_model` (`model`, optional
+    there, is a local copy of its GGUF, read for the chat template and the tokenizer only). The backend checks its
+    own keys at load (llama_cpp requires `model` and refuses `url`)."""
 
     model: Path | None = None
     lora: Path | None = None
@@ -104,6 +107,9 @@ class ModelSpec:
     url: str | None = None  # served backends: the server's root ("http://127.0.0.1:8000"; a trailing /v1 is fine)
     served_model: str | None = None  # served backends: the model's name on the server (as /v1/models lists it)
     timeout: float = _number_in(600.0, 0, 86_400, open_low=True)  # served backends: seconds one request may take
+    # backend = "transformers" only: the weights' type. "auto": float32 on the CPU, bfloat16 on a CUDA GPU that has
+    # it; "nf4": 4-bit (bitsandbytes), for a model too big for the GPU otherwise
+    dtype: str = _one_of("auto", "auto", "float32", "bfloat16", "nf4")
 
 
 @dataclass(frozen=True)
@@ -400,11 +406,8 @@ class _Builder:
         fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
         unknown = sorted(set(table) - set(fields))
         if unknown:
-            close = difflib.get_close_matches(unknown[0], fields, n=1)
-            hint = f"did you mean {prefix}{close[0]}? " if close else ""
-            raise TskdError(
-                f"{self.path}: {prefix}{unknown[0]}: unknown key ({hint}expected one of: {', '.join(sorted(fields))})"
-            )
+            kinds = {f: _table_of(hints[f]) is not None for f in sorted(fields)}
+            self.unknown(unknown[0], table[unknown[0]], kinds, prefix)
         values = {}
         for name, f in fields.items():
             key = prefix + name
@@ -419,6 +422,21 @@ class _Builder:
                 self.fail(key, expected() if callable(expected) else expected, table[name])
             values[name] = value
         return cls(**values)
+
+    def unknown(self, name: str, value: Any, fields: dict[str, bool], prefix: str) -> typing.NoReturn:
+        """One line naming the file and the key, with the key most likely meant: a close spelling of one of the same
+        kind (table or value) in the same table, case folded ("tua", "Tau"), else the same name in another table
+        (tau under [expand] belongs in [select]). fields: each key of the table, and whether it is a table."""
+        table = isinstance(value, dict)
+        close = difflib.get_close_matches(name.lower(), [f for f, is_table in fields.items() if is_table == table], n=1)
+        elsewhere = [k for k in _dotted_keys() if k.rsplit(".", 1)[-1] == name.lower()]
+        meant = prefix + close[0] if close else (elsewhere[0] if elsewhere else None)
+        hint = f', did you mean "{meant}"?' if meant else ""
+        where = prefix.rstrip(".") or "the top level"
+        raise TskdError(
+            f"{self.path}: {prefix}{name}: unknown {'table' if table else 'key'}{hint} "
+            f"({where} takes: {', '.join(fields)})"
+        )
 
     def convert(self, hint: Any, value: Any, key: str) -> Any:
         args = typing.get_args(hint)
@@ -454,6 +472,27 @@ class _Builder:
         raise TypeError(f"recipe field {key} has unsupported type {hint}")
 
 
+def _table_of(hint: Any) -> type | None:
+    """The dataclass a field's type hint names (Select, or Target in `Target | None`): None for a value's."""
+    return next((a for a in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(a)), None)
+
+
+@functools.cache
+def _dotted_keys() -> tuple[str, ...]:
+    """Every key a recipe takes, dotted ("select.tau"), in the order the tables are declared."""
+    out: list[str] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        for name, hint in typing.get_type_hints(cls).items():
+            if _table_of(hint) is not None:
+                walk(_table_of(hint), f"{prefix}{name}.")
+            elif not any(f.name == name and f.metadata.get("internal") for f in dataclasses.fields(cls)):
+                out.append(prefix + name)
+
+    walk(Recipe, "")
+    return tuple(out)
+
+
 SOURCE_MARKER = "tskd_source.json"  # in every target conversion tskd-lite writes: what marks a cache as its own
 
 
@@ -474,12 +513,7 @@ def check_cache(target: Target, where: str) -> None:
 
 def _check_target(model: Path, where: str) -> None:
     if model.is_dir():
-        if not (model / "config.json").is_file():
-            raise TskdError(f"{where}: {model} is a folder without config.json (expected a Hugging Face model folder)")
-        if not any(model.glob("*.safetensors")):
-            raise TskdError(
-                f"{where}: {model} holds no .safetensors weights (pickled .bin weights are never loaded: convert them)"
-            )
+        check_hf_folder(model, where)
     else:
         check_gguf(model, where)
 

@@ -1,4 +1,6 @@
-"""What a run did, read back from the store: per-round counts, the gap distribution, timings and throughput."""
+"""What a run did, read back from the store: per-round counts, the gap distribution, timings and throughput; and
+the run report, gathered here from the store and the stage outputs (report_md.py writes it, plots.py draws it,
+caveats.py says what to worry about)."""
 
 from __future__ import annotations
 
@@ -8,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tskd_lite import atomic
+from tskd_lite import atomic, caveats, report_md
 from tskd_lite.errors import TskdError
-from tskd_lite.evaluate import EvalItem, kept_and_lost, recovered
-from tskd_lite.rundir import lock
+from tskd_lite.evaluate import EvalItem, kept_and_lost, match, recovered
+from tskd_lite.plots import write_plots
+from tskd_lite.rundir import lock, run_info
 from tskd_lite.store import Store
 
 
@@ -30,8 +33,10 @@ def summary(store: Store, run_id: int) -> dict:
                 "candidates": sum(counts.values()),
                 "paraphrases": store.count_paraphrases(run_id, round_),
                 "paraphrases_kept": None if paraphrased is None else paraphrased["n_kept"],
+                "new": counts.get("new", 0),
                 "duplicates": counts.get("duplicate", 0),
                 "empty": counts.get("empty", 0),
+                "drifted": counts.get("drifted", 0),
                 "scored": len(gaps.get(round_, [])),
                 "kept": kept,
                 "gap": _quantiles(gaps.get(round_, [])),
@@ -101,27 +106,160 @@ def format_summary(s: dict) -> str:
 
 def write_report(run_dir: Path) -> Path:
     """Rebuild report.json, report.md and the PNG plots in run_dir from the store and the stage outputs."""
-    info_path = run_dir / "run.json"
-    if not info_path.is_file():
+    if not (run_dir / "run.json").is_file():
         raise TskdError(f"{run_dir}: not a run folder (no run.json; `tskd-lite run` writes it)")
     with lock(run_dir):
-        return _write_report(run_dir, json.loads(info_path.read_text()))
+        return _write_report(run_dir, *run_info(run_dir)[:2])
 
 
-def _write_report(run_dir: Path, info: dict) -> Path:
-    with Store.read(Path(info["db"])) as store:
-        run_id = store.get_run(info.get("run_id")).id  # None: the latest (a folder trained before any `run`)
-        dataset = summary(store, run_id)
-        gaps = store.gaps_by_round(run_id)
+def _write_report(run_dir: Path, db: Path, run_id: int | None) -> Path:
+    with Store.read(db) as store:
+        run = store.get_run(run_id)  # None: the latest (a folder trained before any `run`)
+        dataset = summary(store, run.id)
+        pairs = store.scored_pairs(run.id)
+        row, identities = store.run_row(run.id), store.run_models(run.id)
     train = _read_json(run_dir / "train" / "train.json")
     evaluation = _read_json(run_dir / "eval.json")
     rows = [{k: v for k, v in r.items() if k != "predictions"} for r in (evaluation or {}).get("rows", [])]
-    report = {"dataset": dataset, "train": train, "eval": rows, "recovered": _recovered(rows)}
-    report["kept_and_lost"] = _kept_and_lost(evaluation)
+    report = {
+        "run": {"id": run.id, "recipe_path": row["recipe_path"], "recipe_hash": row["recipe_hash"]},
+        "dataset": dataset,
+        "selection": _selection(run.recipe, pairs, dataset["unit"]),
+        "examples": _examples(pairs),
+        "train": train,
+        "eval": rows,
+        "recovered": _recovered(rows),
+        "kept_and_lost": _kept_and_lost(evaluation),
+        "items": _items(evaluation),
+        "models": _models(run.recipe, identities),
+        "settings": _settings(run.recipe),
+    }
+    report["warnings"] = caveats.check(report)
+    report["plots"] = write_plots(run_dir, report, pairs)
     atomic.write_text(run_dir / "report.json", json.dumps(report, indent=2))
-    plots = _plots(run_dir, gaps, dataset["unit"], train)
-    atomic.write_text(run_dir / "report.md", _markdown(report, plots))
+    atomic.write_text(run_dir / "report.md", _markdown(report, report["plots"]))
     return run_dir / "report.md"
+
+
+def _markdown(report: dict, plots: list[str]) -> str:
+    return report_md.markdown(report, plots, format_summary(report["dataset"]))
+
+
+def _selection(recipe: dict, pairs: list[dict], unit: str | None) -> dict:
+    """The keep rule as the run recorded it, its threshold on the gap axis, and what it decided."""
+    rule, tau = recipe.get("select.rule", "ppl_ratio"), recipe.get("select.tau")
+    decided = [p for p in pairs if p["kept"] is not None]
+    kept = sum(bool(p["kept"]) for p in decided)
+    return {
+        "rule": rule,
+        "tau": None if rule == "top_fraction" else tau,
+        # ppl_ratio and contrast keep gap >= ln tau; token_gap compares ln tau with another measure
+        "gap_threshold": math.log(tau) if rule in ("ppl_ratio", "contrast") and tau else None,
+        "top_fraction": recipe.get("select.top_fraction"),
+        "min_answer_tokens": recipe.get("select.min_answer_tokens"),
+        "max_teacher_ppl": recipe.get("select.max_teacher_ppl"),
+        "min_contrast": recipe.get("select.min_contrast"),
+        "unit": unit,
+        "scored": len(pairs),
+        "decided": len(decided),
+        "kept": kept,
+        "rejected": len(decided) - kept,
+        "lowest_gap": min((p["gap"] for p in decided), default=None),
+    }
+
+
+def _examples(pairs: list[dict]) -> dict:
+    """Three kept and three rejected pairs each: the highest gap, the middle one and the lowest."""
+    out = {}
+    for kind, want in (("kept", 1), ("rejected", 0)):
+        chosen = sorted((p for p in pairs if p["kept"] == want), key=lambda p: (-p["gap"], p["round"], p["idx"]))
+        picks = sorted({0, len(chosen) // 2, len(chosen) - 1}) if chosen else []
+        out[kind] = [
+            {k: chosen[i][k] for k in ("round", "gap", "prompt", "answer", "reason")}
+            | {"ppl_ratio": math.exp(chosen[i]["gap"])}
+            for i in picks
+        ]
+    return out
+
+
+OUTCOME_ORDER = ("lost", "gained", "not transferred", "kept", "")
+
+
+def _items(evaluation: dict | None, n: int = 6) -> list[dict] | None:
+    """A handful of held-out items with the teacher's and the target's replies: up to two of each outcome (lost
+    first), then the first others, in item order."""
+    rows = {r["name"]: r for r in (evaluation or {}).get("rows", [])}
+    names = [m for m in ("teacher", "target before", "target after") if m in rows]
+    if not evaluation or not evaluation.get("items") or "teacher" not in names:
+        return None
+    items = [EvalItem(i["prompt"], i["answer"], tuple(i.get("aliases") or ())) for i in evaluation["items"]]
+    right = {m: [match(p, it)[1] for p, it in zip(rows[m]["predictions"], items, strict=True)] for m in names}
+    outcomes = [_outcome(right, i) for i in range(len(items))]
+    chosen = [i for o in OUTCOME_ORDER for i in [k for k, x in enumerate(outcomes) if x == o][:2]]
+    chosen = sorted((chosen + [i for i in range(len(items)) if i not in chosen])[:n])
+    return [
+        {
+            "index": i,
+            "prompt": items[i].prompt,
+            "answer": items[i].answer,
+            "outcome": outcomes[i],
+            "replies": {m: {"text": rows[m]["predictions"][i], "contains": right[m][i]} for m in names},
+        }
+        for i in chosen
+    ]
+
+
+def _outcome(right: dict[str, list[bool]], i: int) -> str:
+    if "target after" not in right or "target before" not in right:
+        return ""
+    before, after, teacher = right["target before"][i], right["target after"][i], right["teacher"][i]
+    if before:
+        return "kept" if after else "lost"
+    return "gained" if after else "not transferred" if teacher else ""
+
+
+def _models(recipe: dict, identities: dict | None) -> dict:
+    """Each role's model as the recipe named it (path or served model), with the size and hash the run recorded."""
+    out = {}
+    for role in ("teacher", "base", "target"):
+        fields = {}
+        for key in ("backend", "model", "lora", "url", "served_model"):
+            value = recipe.get(f"{role}.{key}")
+            if value is not None:
+                fields[key] = value
+        for key in ("model", "lora"):
+            if (identities or {}).get(f"{role}.{key}"):
+                fields[f"{key} size:hash"] = identities[f"{role}.{key}"]
+        if fields:
+            out[role] = fields
+    return out
+
+
+KEY_SETTINGS = {
+    "expand": ("strategy", "rounds", "candidates_per_round", "target_kept", "few_shot", "paraphrases", "entities"),
+    "respond": ("max_answer_tokens", "temperature"),
+    "select": ("rule", "tau", "min_answer_tokens", "max_teacher_ppl", "top_fraction", "min_contrast"),
+    "train": ("rank", "alpha", "epochs", "learning_rate", "batch_size", "max_seq_len", "replay", "patience"),
+    "eval": ("file", "limit", "max_answer_tokens"),
+}
+
+
+def _settings(recipe: dict) -> dict:
+    """The recipe's settings a reader needs to read the run, by table (None and absent ones left out)."""
+    out = {"run": {"seed": recipe["seed"]}} if recipe.get("seed") is not None else {}
+    for section, keys in KEY_SETTINGS.items():
+        values = {k: recipe[f"{section}.{k}"] for k in keys if recipe.get(f"{section}.{k}") is not None}
+        if values:
+            out[section] = values
+    select, rule = out.get("select", {}), recipe.get("select.rule")
+    for key, applies in (
+        ("tau", rule != "top_fraction"),
+        ("top_fraction", rule == "top_fraction" or recipe.get("select.top_fraction") != 1.0),
+        ("min_contrast", rule == "contrast"),
+    ):
+        if not applies:
+            select.pop(key, None)
+    return out
 
 
 def _recovered(rows: list[dict]) -> float | None:
@@ -142,98 +280,3 @@ def _kept_and_lost(evaluation: dict | None) -> dict | None:
 
 def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _plots(run_dir: Path, gaps: dict[int, list[float]], unit: str | None, train: dict | None) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = []
-    if gaps:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        every = [g for values in gaps.values() for g in values]
-        bins = np.linspace(min(every), max(every), 25) if max(every) > min(every) else 10
-        for round_, values in gaps.items():
-            ax.hist(values, bins=bins, alpha=0.5, label=f"round {round_}")
-        ax.set_xlabel(f"gap = log PPL_base - log PPL_teacher (per {unit or 'token'})")
-        ax.set_ylabel("pairs")
-        ax.legend()
-        fig.tight_layout()
-        with atomic.replacing(run_dir / "gap_hist.png", "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        plt.close(fig)
-        names.append("gap_hist.png")
-    if train and train.get("curve"):
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        curve = train["curve"]
-        ax.plot([p["step"] for p in curve], [p["loss"] for p in curve], label="train")
-        val = [p for p in curve if p.get("val_loss") is not None]
-        if val:
-            ax.plot([p["step"] for p in val], [p["val_loss"] for p in val], "o-", label="validation")
-        ax.set_xlabel("step")
-        ax.set_ylabel("answer-token loss (nats)")
-        ax.legend()
-        fig.tight_layout()
-        with atomic.replacing(run_dir / "loss.png", "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        plt.close(fig)
-        names.append("loss.png")
-    return names
-
-
-def _markdown(report: dict, plots: list[str]) -> str:
-    d, t = report["dataset"], report["train"]
-    out = ["# tskd-lite run report", "", "## Evaluation (held-out items, greedy decoding)", ""]
-    if report["eval"]:
-        out += [
-            "| model | runtime | items | exact match | contains | reference NLL (nats/byte) |",
-            "| --- | --- | ---: | ---: | ---: | ---: |",
-        ]
-        out += [
-            f"| {r['name']} | {r['runtime']} | {r['n']} | {r['exact_match']:.3f} | {r['contains']:.3f} | "
-            f"{'-' if r['nll_per_byte'] is None else format(r['nll_per_byte'], '.4f')} |"
-            for r in report["eval"]
-        ]
-        share = report.get("recovered")
-        if share is not None:
-            out += [
-                "",
-                f"**Recovered: {share:.0%}** of the teacher's advantage on contains, chance-adjusted: "
-                "(target after - floor) / (teacher - floor), floor = max(chance, target before).",
-            ]
-        harm = report.get("kept_and_lost")
-        if harm is not None:
-            out += [
-                "",
-                f"**What the target knew:** right before training on {harm['known_before']} items; kept "
-                f"{harm['kept']}, **lost {harm['lost']}** (right before, wrong after); gained {harm['gained']}.",
-            ]
-    else:
-        out.append("No evaluation yet (the recipe has no [eval] table, or `tskd-lite eval` has not run).")
-    out += ["", "## Dataset", "", "```", format_summary(d), "```", ""]
-    if t:
-        last_val = [p["val_loss"] for p in t["curve"] if p.get("val_loss") is not None]
-        out += [
-            "## Training",
-            "",
-            f"- mode: {t['mode']} ({t['device']}); target rendered with the {t['template']}",
-            f"- {t['n_train']} training and {t['n_val']} validation pairs, {t['steps']} steps, "
-            f"{t['answer_tokens']} answer tokens in {t['seconds']:.1f} s ({t['tokens_per_s']:.0f} answer tokens/s)"
-            + (f"; {t['n_replay']} of the pairs are the target's own replayed answers" if t.get("n_replay") else ""),
-            f"- loss: first step {t['curve'][0]['loss']:.3f}, last step {t['curve'][-1]['loss']:.3f}"
-            + (f"; validation after each epoch: {', '.join(f'{v:.3f}' for v in last_val)}" if last_val else ""),
-        ]
-        if t.get("gguf_check"):
-            g = t["gguf_check"]
-            out.append(
-                f"- GGUF LoRA adapter `{Path(t['gguf_adapter']).name}` on the target GGUF in llama.cpp vs the "
-                f"merged model in transformers: max |Δ log p| {g['max_abs_diff']:.4f}, mean "
-                f"{g['mean_abs_diff']:.4f} over {g['tokens']} tokens (the same comparison without the adapter, "
-                f"i.e. the two runtimes on the GGUF's quantized weights: max {g['base_max_abs_diff']:.4f}, mean "
-                f"{g['base_mean_abs_diff']:.4f})"
-            )
-        out.append("")
-    out += [f"![{name}]({name})" for name in plots]
-    return "\n".join(out) + "\n"

@@ -352,6 +352,19 @@ class Store:
             out.setdefault(round_, []).append(gap)
         return out
 
+    def scored_pairs(self, run_id: int) -> list[dict]:
+        """Every scored pair of the run with its keep decision (kept None: its round is not selected yet)."""
+        return list(
+            self.db.query(
+                """select p.round, p.idx, p.source, p.text as prompt, a.text as answer, s.gap, s.unit, s.n_tokens,
+                      s.teacher_ppl, s.base_ppl, sel.kept, sel.reason
+               from prompts p join answers a on a.prompt_id = p.id join scores s on s.prompt_id = p.id
+               left join selections sel on sel.prompt_id = p.id
+               where p.run_id = ? order by p.round, p.idx""",
+                [run_id],
+            )
+        )
+
     def pool_size(self, run_id: int) -> int:
         return self.db.execute("select count(*) from prompts where run_id = ? and status = 'new'", [run_id]).fetchone()[
             0

@@ -12,25 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tskd_lite.errors import TskdError
+
+# quiet_transformers is imported from here by training, evaluation and bench/
+from tskd_lite.hf import load_hf, quiet_transformers  # noqa: F401
 from tskd_lite.recipe import SOURCE_MARKER, Target, check_cache
 
 PLAIN_TEMPLATE = "Question: {prompt}\nAnswer:"
-
-
-def quiet_transformers() -> None:
-    """transformers' per-load progress bars and advice would drown tskd-lite's own progress output."""
-    import logging as std_logging
-    import warnings
-
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    # On a CPU with AVX-512 BF16, bitsandbytes warns at every import that it cannot fetch a faster 4-bit kernel from
-    # the Hugging Face Hub (the `kernels` package, not installed: nothing is fetched at run time). It changes
-    # nothing tskd-lite does, and 4-bit training runs on CUDA only.
-    std_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(std_logging.ERROR)
 
 
 def hf_dir(target: Target, log=print) -> Path:
@@ -201,13 +188,8 @@ class Formatter:
 
 
 def load_fp32(model_dir: Path):
-    """(tokenizer, model) of a safetensors folder in fp32 for inference: what evaluation and replay generate with."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
-    return tokenizer, model
+    """(tokenizer, model) of a safetensors folder in fp32 on the CPU: what evaluation and replay generate with."""
+    return load_hf(model_dir, dtype="float32", device="cpu", role="target")
 
 
 def greedy_answers(

@@ -35,7 +35,7 @@ import numpy as np
 
 from tskd_lite import gguf_meta
 from tskd_lite.backends.base import BACKENDS, Generation, Scored
-from tskd_lite.chat import compile_template, render_user_turn
+from tskd_lite.chat import compile_template, render_user_turn, user_prefix
 from tskd_lite.errors import TskdError
 
 if TYPE_CHECKING:
@@ -60,8 +60,20 @@ class LlamaCpp:
         for key in ("url", "served_model"):  # a served model's keys: the recipe most likely lacks backend = "openai"
             if getattr(spec, key) is not None:
                 raise TskdError(f'{where}.{key}: only served backends take it (set backend = "openai")')
+        if spec.dtype != "auto":
+            raise TskdError(f'{where}.dtype: only backend = "transformers" takes it (a GGUF has its own types)')
+        # Hugging Face files where a GGUF goes, the likeliest mistake with one's own models: say what takes them.
+        if spec.model.is_dir():
+            raise TskdError(
+                f'{where}.model: {spec.model} is a folder; a Hugging Face model needs backend = "transformers"'
+            )
         gguf_meta.check_gguf(spec.model, f"{where}.model")
         if spec.lora is not None:
+            if spec.lora.is_dir():
+                raise TskdError(
+                    f'{where}.lora: {spec.lora} is a folder; a PEFT adapter needs backend = "transformers", or '
+                    "`tskd-lite convert` to make it a GGUF LoRA"
+                )
             gguf_meta.check_gguf(spec.lora, f"{where}.lora")
 
     @classmethod
@@ -130,13 +142,7 @@ class LlamaCpp:
         return render_user_turn(self._template, self.role, user_text, self.bos_text, self.eos_text)
 
     def user_prefix(self) -> str:
-        """This model's chat template up to where the user's words begin: what it continues to write a user turn
-        of its own (Magpie, Xu et al. 2025), ending where it closes the turn."""
-        mark = "\x00user-turn\x00"
-        full = self.render(mark)
-        if mark not in full:
-            raise TskdError(f"{self.role}.chat_template: the template does not show the user's text as given")
-        return full[: full.index(mark)]
+        return user_prefix(self.render, self.role)
 
     def count_prompt_tokens(self, rendered: str) -> int:
         return len(self.tokenize_prompt(rendered))

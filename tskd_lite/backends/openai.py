@@ -1,5 +1,6 @@
 """A served backend: a model behind an OpenAI-compatible completions server (llama-cpp-python's
-`python -m llama_cpp.server` is the one tested; vLLM's and SGLang's speak the same API), standard library HTTP only.
+`python -m llama_cpp.server` is tested in the suite, vLLM's by `just test-vllm`; SGLang's speaks the same API),
+standard library HTTP only.
 
 Recipe keys: `backend = "openai"`, `url` (the server's root; only that host is ever contacted), `served_model` (the
 model's name on the server, checked against /v1/models first, since llama-cpp-python's server silently answers an
@@ -22,6 +23,12 @@ drops control tokens), so the answer's start is found from the end of the echo i
 at the end of what was sent), and each response is checked: the echo is what was sent, an entry starts exactly
 where the answer starts, the answer's tokens spell the answer (ASCII answers), every log-prob is a finite number,
 and the generated token is where it should be. A mismatch is one line naming url and model, never a silent score.
+
+vLLM decodes each echoed token alone: a token holding part of a character prints as U+FFFD, so its offsets count
+that character twice or more. Where an entry holds U+FFFD, the answer is placed by the token texts instead (the
+splits of the answer's bytes that decode to them, followed back from the end), whatever the server. It also leaves
+a generated special token (the end of turn) out of the reply's text while its entry names it; that is accepted
+where the usage accounts for every entry.
 
 llama-cpp-python's server shifts echoed log-probs by one token when a prompt does not start with the BOS token (its
 issue #1983): each prompt token's value is then read from the distribution after that token, at that token's id, a
@@ -60,7 +67,7 @@ import numpy as np
 
 from tskd_lite import gguf_meta
 from tskd_lite.backends.base import BACKENDS, Generation, Scored
-from tskd_lite.chat import compile_template, render_user_turn
+from tskd_lite.chat import compile_template, render_user_turn, user_prefix
 from tskd_lite.errors import TskdError
 
 if TYPE_CHECKING:
@@ -73,6 +80,7 @@ TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 # in-process backend does not apply; the same settings give the same greedy replies. Other servers ignore the keys
 # they lack.
 PLAIN_SAMPLING = {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0, "frequency_penalty": 0.0, "presence_penalty": 0.0}
+PER_REQUEST_FIELDS = frozenset({"created", "permission"})  # of a /v1/models entry; see identities
 ALIGNMENT_TOLERANCE = 1e-3  # nats: the same server's two computations of one log-prob agree far closer than this
 
 
@@ -163,11 +171,15 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _sent_entries(tokens: list, n_generated: int, generated: str) -> int:
+def _sent_entries(tokens: list, n_generated: int, generated: str, n_prompt: int) -> int:
     """How many echoed entries belong to the text sent: all but the generated tokens', which come last (more than
-    max_tokens of them where llama-cpp-python finishes a character first). A single generated token that prints as
-    nothing while the last entry prints as something has no entry (llama-cpp-python leaves out every token whose
-    id is the BOS id, and some models generate it)."""
+    max_tokens of them where llama-cpp-python finishes a character first). Where every token has its entry, the
+    usage says so. Otherwise a single generated token that prints as nothing while the last entry prints as
+    something has no entry (llama-cpp-python leaves out every token whose id is the BOS id, and some models
+    generate it); the usage cannot tell that apart from a generated part of a character, which vLLM's entry shows
+    as U+FFFD while its text is empty."""
+    if len(tokens) == n_prompt + n_generated:
+        return n_prompt
     if n_generated == 1 and generated == "" and tokens[-1] != "":
         return len(tokens)
     return len(tokens) - n_generated
@@ -184,6 +196,62 @@ def _byte_ends(char_ends: list[int]) -> list[int]:
             end = min(prev + 1, later)
         out.append(end)
     return out
+
+
+def _begins(data: bytes, text: str, end: int, floor: int) -> list[int]:
+    """Where a token printed as `text` can begin if it ends at byte `end` (never before `floor`): its bytes decode
+    to that text, broken pieces replaced by U+FFFD as tokenizers decode them."""
+    low = max(floor, end - 4 * len(text))  # a character, or a broken piece replaced, is at most 4 bytes
+    return [b for b in range(end, low - 1, -1) if data[b:end].decode("utf-8", errors="replace") == text]
+
+
+def _spell_back(sent: str, tokens: list, n: int, answer: str) -> tuple[int, list[int]] | None:
+    """(the answer's first entry, each answer entry's byte end in the answer) from the token texts alone, spelled
+    back from the end of the text sent; None where they do not spell it or no entry starts where it starts.
+
+    For servers that decode each token alone (vLLM): a token holding part of a character prints as U+FFFD for each
+    broken piece, so the offsets count such a character twice or more and cannot place the answer. A token's bytes
+    are then known only by what they decode to: every split of the answer's bytes whose pieces decode to the token
+    texts is followed back from the end of the text. Where two splits fit, the one with more token ends between
+    characters is taken (tokenizers merge the bytes of one character first): the byte ends may then be a byte off
+    inside a character, never outside it."""
+    if not answer:
+        return n, []
+    data = sent.encode("utf-8")
+    start = len(data) - len(answer.encode("utf-8"))
+    # where the next token back may end: (token ends between characters, the byte ends after it)
+    frontier: dict[int, tuple[int, list[int]]] = {len(data): (0, [])}
+    found: dict[int, list[int]] = {}  # a first entry the answer can start at: its byte ends
+    i = n
+    while frontier and i > 0:
+        i -= 1
+        after: dict[int, tuple[int, list[int]]] = {}
+        for end, (whole, ends) in frontier.items():
+            whole += end == len(data) or data[end] & 0xC0 != 0x80
+            for begin in _begins(data, tokens[i], end, start):
+                if begin not in after or after[begin][0] < whole:
+                    after[begin] = (whole, [end - start, *ends])
+        if start in after:
+            found[i] = after.pop(start)[1]
+        frontier = after
+    if len(found) <= 1:
+        return next(iter(found.items()), None)
+    # More than one split fits (the first three bytes of a 4-byte character print as one U+FFFD, and so do its first
+    # two): the right one is the one after which the prompt's tokens spell the prompt back furthest.
+    reach = {first: _reach(data, tokens, first, start) for first in found}
+    best = [first for first, r in reach.items() if r == max(reach.values())]
+    return (best[0], found[best[0]]) if len(best) == 1 else None
+
+
+def _reach(data: bytes, tokens: list, i: int, end: int) -> int:
+    """How many of the tokens before entry i spell the text back from byte `end`; more than all of them where they
+    reach the text's start (tokens left before it are the server's own, a BOS)."""
+    frontier, reached = {end}, 0
+    while i > 0 and frontier and 0 not in frontier:
+        i -= 1
+        frontier = {b for e in frontier for b in _begins(data, tokens[i], e, 0)}
+        reached += bool(frontier)
+    return len(tokens) + 1 if 0 in frontier else reached
 
 
 def _special_texts(path: Path) -> tuple[str, str]:
@@ -220,6 +288,8 @@ class OpenAIServer:
             raise TskdError(f'{where}.served_model: required for backend = "openai" (the model\'s name on the server)')
         if spec.lora is not None:
             raise TskdError(f"{where}.lora: a served model takes no lora (serve the adapter, name it in served_model)")
+        if spec.dtype != "auto":
+            raise TskdError(f"{where}.dtype: a served model takes no dtype (the server chooses its weights' types)")
         if spec.model is not None:
             gguf_meta.check_gguf(spec.model, f"{where}.model")
         elif not spec.chat_template:
@@ -228,8 +298,9 @@ class OpenAIServer:
     @classmethod
     def identities(cls, spec: ModelSpec, role: str) -> dict[str, str]:
         client = _Client(spec.url, spec.served_model, spec.timeout, role)
-        # "created" is the time of the request on some servers (vLLM): not part of what the model is
-        reported = {k: v for k, v in client.entry().items() if k != "created"}
+        # Fields some servers make anew for each request are not part of what the model is: vLLM's "created" is the
+        # time of the request and its "permission" a fresh id and time (kept, a resume would always be refused)
+        reported = {k: v for k, v in client.entry().items() if k not in PER_REQUEST_FIELDS}
         served = {"url": client.root, "model": spec.served_model, "reported": reported}
         out = {f"{role}.served_model": json.dumps(served, sort_keys=True)}
         if spec.model is not None:
@@ -261,11 +332,7 @@ class OpenAIServer:
         return render_user_turn(self._template, self.role, user_text, self._bos, self._eos)
 
     def user_prefix(self) -> str:
-        mark = "\x00user-turn\x00"
-        full = self.render(mark)
-        if mark not in full:
-            raise TskdError(f"{self.role}.chat_template: the template does not show the user's text as given")
-        return full[: full.index(mark)]
+        return user_prefix(self.render, self.role)
 
     def _tokens(self, text: str) -> list:
         """The server's tokens of `text` as a prompt (with the BOS it adds, if any)."""
@@ -373,6 +440,8 @@ class OpenAIServer:
         values, offsets, tokens = (lp[k] for k in keys)
         if not len(values) == len(offsets) == len(tokens):
             raise self.client.fail("the response's log-probs, offsets and tokens differ in number")
+        if not all(isinstance(t, str) for t in tokens):
+            raise self.client.fail("the response's tokens are not all texts")
         if not choice["text"].startswith(text):
             raise self.client.fail("the response does not echo the text sent")
         return values, offsets, tokens, usage, choice["text"][len(text) :]
@@ -380,31 +449,46 @@ class OpenAIServer:
     def _score_one(self, rendered: str, answer: str, byte_ends: bool) -> Scored:
         values, offsets, tokens, usage, generated = self._echo(rendered + answer)
         mismatch = self._mismatch
-        n = _sent_entries(tokens, usage["completion_tokens"], generated)
-        in_order = all(isinstance(o, int) for o in offsets) and all(
-            a <= b for a, b in zip(offsets, offsets[1:], strict=False)
-        )
-        if n < 1 or not in_order:
-            raise mismatch("its text offsets are not in order")
-        if n < len(tokens) and generated.isascii() and "".join(tokens[n:]) != generated:
+        n = _sent_entries(tokens, usage["completion_tokens"], generated, usage["prompt_tokens"])
+        if n < 1:
+            raise mismatch("it has no entry for the text sent")
+        # A generated special token (an end of turn) is left out of the reply's text by servers that skip special
+        # tokens (vLLM) while its entry names it: accepted where the usage accounts for every entry.
+        every = len(tokens) == usage["prompt_tokens"] + usage["completion_tokens"]
+        skipped = every and generated == "" and usage["completion_tokens"] == 1
+        if n < len(tokens) and generated.isascii() and "".join(tokens[n:]) != generated and not skipped:
             raise mismatch(f"its last tokens {''.join(tokens[n:])!r} are not the generated {generated!r}")
+        if any("\ufffd" in t for t in tokens[:n]):
+            # A token printed as part of a character (vLLM decodes each token alone): the offsets count that
+            # character more than once, the token texts place the answer instead.
+            spelled = _spell_back(rendered + answer, tokens, n, answer)
+            if spelled is None:
+                raise mismatch("its token texts do not spell the answer, or no token starts where it starts")
+            first, ends = spelled
+        else:
+            first, ends = self._place_by_offsets(offsets, tokens, n, answer)
+        picked = values[first:n]
+        if not all(_number(v) for v in picked):
+            raise mismatch("an answer token has no log-prob")
+        if answer.isascii() and "".join(tokens[first:n]) != answer:
+            raise mismatch("its answer tokens do not spell the answer sent")
+        return Scored(np.array(picked, dtype=np.float64), ends if byte_ends else [], usage["prompt_tokens"])
+
+    def _place_by_offsets(self, offsets: list, tokens: list, n: int, answer: str) -> tuple[int, list[int]]:
+        """(the answer's first entry, each answer entry's byte end in the answer) from the server's text offsets."""
+        if not all(isinstance(o, int) for o in offsets) or any(
+            a > b for a, b in zip(offsets, offsets[1:], strict=False)
+        ):
+            raise self._mismatch("its text offsets are not in order")
         # The answer is plain text at the end of what was sent: its start counted back from the end of the echo,
         # in the server's own offsets (which may leave special tokens out).
         end = offsets[n] if n < len(tokens) else offsets[n - 1] + len(tokens[n - 1])
         start = end - len(answer)
         first = next((i for i in range(n) if offsets[i] >= start), n)
         if answer and (first == n or offsets[first] != start):
-            raise mismatch("no token starts where the answer starts")
-        picked = values[first:n]
-        if not all(_number(v) for v in picked):
-            raise mismatch("an answer token has no log-prob")
-        if answer.isascii() and "".join(tokens[first:n]) != answer:
-            raise mismatch("its answer tokens do not spell the answer sent")
-        ends: list[int] = []
-        if byte_ends:
-            stops = [*offsets[first + 1 : n], end]
-            ends = _byte_ends([len(answer[: stop - start].encode("utf-8")) for stop in stops])
-        return Scored(np.array(picked, dtype=np.float64), ends, usage["prompt_tokens"])
+            raise self._mismatch("no token starts where the answer starts")
+        stops = [*offsets[first + 1 : n], end]
+        return first, _byte_ends([len(answer[: stop - start].encode("utf-8")) for stop in stops])
 
     def _mismatch(self, why: str) -> TskdError:
         return self.client.fail(f"a scoring response does not match the text sent ({why})")
@@ -424,7 +508,7 @@ class OpenAIServer:
             values, _, tokens, usage, after = self._echo(prompt + token)
             if usage["completion_tokens"] != 1:
                 continue
-            at = _sent_entries(tokens, 1, after) - 1
+            at = _sent_entries(tokens, 1, after, usage["prompt_tokens"]) - 1
             if tokens[at] == token and _number(values[at]) and abs(values[at] - expected) <= ALIGNMENT_TOLERANCE:
                 return
             # shifted, the entries end at the probe token (the generated one's is left out) with another value

@@ -126,23 +126,41 @@ def _gguf_adapter(
     lora_gguf.write(model, gguf_part, lora_gguf.gguf_arch(model.get_base_model().config, target_gguf))
     gguf_check = check_gguf_adapter(target_gguf, gguf_part, target_dir, merged_part, fmt, [p[:2] for p in pairs[:3]])
     gguf_part.replace(gguf_adapter)
-    log(
-        f"GGUF LoRA in llama.cpp vs merged model in transformers: mean |Δ log p| {gguf_check['mean_abs_diff']:.4f}"
-        f" (max {gguf_check['max_abs_diff']:.4f}) over {gguf_check['tokens']} tokens; without the adapter "
-        f"{gguf_check['base_mean_abs_diff']:.4f} (max {gguf_check['base_max_abs_diff']:.4f})"
-    )
+    log(check_line(gguf_check, "merged model"))
     return gguf_adapter, gguf_check
+
+
+def check_line(check: dict, what: str) -> str:
+    """A GGUF LoRA check's figures on one line (training's log, `tskd-lite convert`); what: the transformers side."""
+    return (
+        f"GGUF LoRA in llama.cpp vs {what} in transformers: mean |Δ log p| {check['mean_abs_diff']:.4f}"
+        f" (max {check['max_abs_diff']:.4f}) over {check['tokens']} tokens; without the adapter "
+        f"{check['base_mean_abs_diff']:.4f} (max {check['base_max_abs_diff']:.4f})"
+    )
 
 
 def check_gguf_adapter(
     target_gguf: Path, adapter: Path, target_dir: Path, merged_dir: Path, fmt: Formatter, pairs: list[tuple[str, str]]
 ) -> dict:
-    """Log-probs of a few answers in llama.cpp (target GGUF + GGUF LoRA) against the merged model in transformers,
-    on the same token ids; and, as the yardstick, the same comparison without the adapter: on a quantized GGUF the
-    two runtimes already disagree by the quantization, and the adapter should add nothing beyond it."""
+    """compare_gguf_adapter against the merged model and the target, each loaded from its folder in turn."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    def load(folder: Path):
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True).eval()
+
+    return compare_gguf_adapter(
+        target_gguf, adapter, fmt, pairs, adapted=lambda: load(merged_dir), plain=lambda: load(target_dir)
+    )
+
+
+def compare_gguf_adapter(
+    target_gguf: Path, adapter: Path, fmt: Formatter, pairs: list[tuple[str, str]], *, adapted, plain
+) -> dict:
+    """Log-probs of a few answers in llama.cpp (the GGUF + the GGUF LoRA) against transformers with the adapter
+    (adapted()), on the same token ids; and, as the yardstick, the same comparison without it (plain(), called
+    second, so that one model at a time is in memory): on a quantized GGUF the two runtimes already disagree by the
+    quantization, and the adapter should add nothing beyond it."""
     from tskd_lite.backends import open_backend  # the llama_cpp backend: this check scores token ids
     from tskd_lite.recipe import ModelSpec
 
@@ -150,20 +168,20 @@ def check_gguf_adapter(
     for prompt, answer in pairs:
         ids.append((fmt.prompt_ids(prompt), fmt.tokenizer(answer, add_special_tokens=False)["input_ids"][:64]))
 
-    def disagreement(lora: Path | None, hf_dir: Path) -> np.ndarray:
+    def disagreement(lora: Path | None, model) -> np.ndarray:
         engine = open_backend(ModelSpec(model=target_gguf, lora=lora, n_ctx=512), role="target")
-        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, use_safetensors=True).eval()
         diffs = []
         for head, tail in ids:
             diffs.append(np.abs(engine.score([(head, tail)])[0] - answer_logprobs(model, head, tail)))
         engine.close()
         return np.concatenate(diffs)
 
-    adapted, plain = disagreement(adapter, merged_dir), disagreement(None, target_dir)
+    with_lora = disagreement(adapter, adapted())
+    without = disagreement(None, plain())
     return {
-        "max_abs_diff": float(adapted.max()),
-        "mean_abs_diff": float(adapted.mean()),
-        "tokens": int(adapted.size),
-        "base_max_abs_diff": float(plain.max()),
-        "base_mean_abs_diff": float(plain.mean()),
+        "max_abs_diff": float(with_lora.max()),
+        "mean_abs_diff": float(with_lora.mean()),
+        "tokens": int(with_lora.size),
+        "base_max_abs_diff": float(without.max()),
+        "base_mean_abs_diff": float(without.mean()),
     }

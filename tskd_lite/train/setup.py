@@ -68,14 +68,9 @@ def load_model(target_dir: Path, cfg: Train, hw: Hardware):
 
     load_kwargs: dict = {"dtype": torch.bfloat16 if hw.bf16 else torch.float32}
     if hw.quantize:
-        from transformers import BitsAndBytesConfig
+        from tskd_lite.hf import nf4_config
 
-        load_kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=load_kwargs["dtype"],
-        )
+        load_kwargs["quantization_config"] = nf4_config(load_kwargs["dtype"])
         # the whole model on this process's GPU (under DDP: {"": local_rank}), never spread over the others
         load_kwargs["device_map"] = {"": hw.device.index or 0} if hw.cuda else {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(target_dir, use_safetensors=True, **load_kwargs)

@@ -24,9 +24,9 @@ def teacher_settings(
     patience: int = TEACHER_DEFAULTS["patience"],
     val_fraction: float = TEACHER_DEFAULTS["val_fraction"],
 ) -> Train:
-    """A teacher's [train] settings: LoRA of alpha twice the rank, no dropout, no replay, the other
-    settings [train]'s defaults. val_fraction 0 holds a tenth out when early stopping (patience) needs a held-out split, none
-    otherwise."""
+    """A teacher's [train] settings: LoRA of alpha twice the rank, no dropout, no replay, the other settings
+    [train]'s defaults. val_fraction 0 holds a tenth out when early stopping (patience) needs a held-out split,
+    none otherwise."""
     return Train(
         rank=rank,
         alpha=2.0 * rank,
