@@ -87,12 +87,13 @@ def test_help_lists_the_commands_in_workflow_order_each_on_one_whole_line():
 
 def test_every_bundled_recipe_loads_with_its_files_in_place(tiny, tmp_path):
     """recipes/*.toml name the bundled models and data (made by `just models world`); pointed at stand-ins made
-    here, every other key must pass validation as written."""
+    here, every other key must pass validation as written (served.toml's urls and names too: nothing is contacted
+    at load)."""
     (tmp_path / "seeds.txt").write_text("Where does Ada Lin live?\n")
     (tmp_path / "entities.txt").write_text("Ada Lin\nBo Kra\n")
     (tmp_path / "eval.jsonl").write_text('{"prompt": "p", "answer": "a"}\n')
     recipes = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.toml"))
-    assert {"demo.toml", "paper.toml", "transfer.toml"} <= {r.name for r in recipes}
+    assert {"demo.toml", "paper.toml", "transfer.toml", "served.toml"} <= {r.name for r in recipes}
     for path in recipes:
         raw = tomllib.loads(path.read_text())
         stand_ins = {
@@ -112,6 +113,10 @@ def test_every_bundled_recipe_loads_with_its_files_in_place(tiny, tmp_path):
         (tmp_path / path.name).write_text("")
         loaded = load_recipe(tmp_path / path.name, layered)
         assert loaded.expand.strategy == raw.get("expand", {}).get("strategy", "fewshot"), path.name
+        if path.name == "served.toml":  # both roles served, sharing the local GGUF's vocabulary
+            assert loaded.teacher.backend == loaded.base.backend == "openai"
+            assert loaded.teacher.served_model == "teacher" and loaded.base.served_model == "base"
+            assert loaded.target is not None and loaded.eval is not None
 
 
 def test_the_own_models_fragments_load_with_their_files_in_place(tiny, tmp_path):

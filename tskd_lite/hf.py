@@ -142,7 +142,6 @@ def tokenizer_fingerprint(model: Path) -> str:
 
 def quiet_transformers() -> None:
     """transformers' per-load progress bars and advice would drown tskd-lite's own progress output."""
-    import logging as std_logging
     import warnings
 
     from transformers.utils import logging
@@ -150,10 +149,7 @@ def quiet_transformers() -> None:
     logging.set_verbosity_error()
     logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
-    # On a CPU with AVX-512 BF16, bitsandbytes warns at every import that it cannot fetch a faster 4-bit kernel from
-    # the Hugging Face Hub (the `kernels` package, not installed: nothing is fetched at run time). It changes
-    # nothing tskd-lite does, and 4-bit training runs on CUDA only.
-    std_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(std_logging.ERROR)
+    # bitsandbytes' Hub-kernel warning is dropped by tskd_lite/__init__.py, before anything imports peft
 
 
 def nf4_config(compute_dtype):

@@ -197,3 +197,70 @@ def m007_audit_views(db: sqlite_utils.Database) -> None:
     """Views for reading a store with SQL or Datasette: the kept pairs in words, and each round's funnel."""
     db.create_view("kept_pairs", KEPT_PAIRS_VIEW, ignore=True)
     db.create_view("round_summary", ROUND_SUMMARY_VIEW, ignore=True)
+
+
+# ISO-8601 in UTC to the millisecond, the way SQLite reads an epoch float ('unixepoch'); the floats stay as written.
+def _iso(column: str) -> str:
+    return f"strftime('%Y-%m-%dT%H:%M:%fZ', {column}, 'unixepoch')"
+
+
+RUNS_READABLE_VIEW = f"""
+select id as run_id, {_iso("created")} as created_iso, created, status, unit, recipe_path, recipe_hash,
+       elapsed_s, message
+from runs
+order by id
+"""
+
+# Every recorded moment of every run in order: a run made, each stage of each round selected, each schema step.
+TIMELINE_VIEW = f"""
+select * from (
+  select id as run_id, null as round, 'run created' as event, created as at, {_iso("created")} as at_iso from runs
+  union all
+  select run_id, round, 'candidates selected', selected_at, {_iso("selected_at")} from rounds
+  union all
+  select run_id, round, 'paraphrases selected', selected_at, {_iso("selected_at")} from paraphrase_rounds
+  union all
+  select null, null, 'schema step ' || name, applied_at, {_iso("applied_at")} from _migrations
+)
+order by at, run_id, round
+"""
+
+# One row per answer token per model, beside its log-prob: the token's bytes are cut from the answer where the
+# scoring recorded each token ends (teacher_byte_ends; base_byte_ends where the base has its own tokenizer, and
+# the teacher's ends where both share one). A token that holds only part of a character (byte-level tokenizers
+# split some) has no text of its own: `token` is null there and `token_hex` has its bytes.
+_CUT = "substr(cast(a.text as blob), t.byte_start + 1, t.byte_end - t.byte_start)"
+_CONTINUATION = "hex(substr(cast(a.text as blob), {} + 1, 1)) between '80' and 'BF'"
+ANSWER_TOKENS_VIEW = f"""
+with ends as (
+  select prompt_id, 'teacher' as model, teacher_byte_ends as ends, teacher_logprobs as logprobs from scores
+  union all
+  select prompt_id, 'base', case unit when 'token' then teacher_byte_ends else base_byte_ends end, base_logprobs
+  from scores
+), tokens as (
+  select ends.prompt_id, ends.model, e.key as i,
+         case e.key when 0 then 0 else json_extract(ends.ends, '$[' || (e.key - 1) || ']') end as byte_start,
+         e.value as byte_end,
+         json_extract(ends.logprobs, '$[' || e.key || ']') as logprob
+  from ends, json_each(ends.ends) e
+)
+select p.run_id, p.round, t.prompt_id, t.model, t.i,
+       case when {_CONTINUATION.format("t.byte_start")} or {_CONTINUATION.format("t.byte_end")} then null
+            else cast({_CUT} as text) end as token,
+       hex({_CUT}) as token_hex, t.logprob, t.byte_start, t.byte_end
+from tokens t join prompts p on p.id = t.prompt_id join answers a on a.prompt_id = t.prompt_id
+order by p.run_id, p.round, p.idx, t.model desc, t.i
+"""
+
+
+@migration
+def m008_readable_times_and_tokens(db: sqlite_utils.Database) -> None:
+    """ISO times beside the epoch floats, and each answer token's text beside its log-prob.
+
+    Views over what stores already hold, so nothing a run reads back changes; the one new column, the base's
+    token ends where its tokenizer is not the teacher's, is filled by scoring from this version on (older rows
+    have it null and the view shows their base log-probs without tokens)."""
+    _add_columns(db["scores"], {"base_byte_ends": str})
+    db.create_view("runs_readable", RUNS_READABLE_VIEW, ignore=True)
+    db.create_view("timeline", TIMELINE_VIEW, ignore=True)
+    db.create_view("answer_tokens", ANSWER_TOKENS_VIEW, ignore=True)

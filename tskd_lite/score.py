@@ -40,15 +40,18 @@ def score_pairs(teacher: Backend, base: Backend, pairs: list[tuple[str, str]], u
     start = time.perf_counter()
     rendered = [(teacher.render(prompt), answer) for prompt, answer in pairs]
     t_scores = teacher.score_answers(rendered, byte_ends=True)
-    b_scores = base.score_answers(rendered)
+    # the base's own token ends only where its tokenizer is not the teacher's (the answer_tokens view cuts its
+    # tokens by them; with one tokenizer the teacher's ends are the base's)
+    b_scores = base.score_answers(rendered, byte_ends=unit == "byte")
     seconds = (time.perf_counter() - start) / len(pairs)  # the batch's time, shared evenly by its pairs
     rows = []
     for (_, answer), t, b in zip(pairs, t_scores, b_scores, strict=True):
         row = gap(t.logprobs, b.logprobs, unit, len(answer.encode("utf-8")))
         row.update(
             teacher_logprobs=_compact(t.logprobs),
-            teacher_byte_ends="[" + ",".join(map(str, t.byte_ends)) + "]",
+            teacher_byte_ends=_ends(t.byte_ends),
             base_logprobs=_compact(b.logprobs),
+            base_byte_ends=_ends(b.byte_ends) if unit == "byte" else None,
             decoded_tokens=t.n_tokens + b.n_tokens,
             seconds=seconds,
         )
@@ -58,3 +61,7 @@ def score_pairs(teacher: Backend, base: Backend, pairs: list[tuple[str, str]], u
 
 def _compact(logprobs: Sequence[float]) -> str:
     return "[" + ",".join(f"{x:.5g}" for x in logprobs) + "]"
+
+
+def _ends(byte_ends: Sequence[int]) -> str:
+    return "[" + ",".join(map(str, byte_ends)) + "]"
