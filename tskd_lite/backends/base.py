@@ -14,9 +14,12 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from tskd_lite.chat import compile_template, render_user_turn, user_prefix
 from tskd_lite.registry import Registry
 
 if TYPE_CHECKING:
+    from jinja2 import Template
+
     from tskd_lite.recipe import ModelSpec
 
 
@@ -78,6 +81,33 @@ class Backend(Protocol):
 
 
 BACKENDS: Registry[type] = Registry("backend")
+
+
+class ChatTurns:
+    """What every backend that renders the chat template itself shares: the user turn, its prefix and the token
+    counts. A backend sets spec, role, bos_text and eos_text, and defines tokenize_prompt and tokenize_answer
+    where it counts tokens that way (one that counts otherwise defines the count methods itself)."""
+
+    spec: ModelSpec
+    role: str
+    bos_text: str
+    eos_text: str
+    _template: Template | None = None
+
+    def render(self, user_text: str) -> str:
+        """The user turn wrapped in this model's chat template, ready for the assistant's reply."""
+        if self._template is None:
+            self._template = compile_template(self.spec.chat_template, self.spec.model, self.role)
+        return render_user_turn(self._template, self.role, user_text, self.bos_text, self.eos_text)
+
+    def user_prefix(self) -> str:
+        return user_prefix(self.render, self.role)
+
+    def count_prompt_tokens(self, rendered: str) -> int:
+        return len(self.tokenize_prompt(rendered))
+
+    def count_answer_tokens(self, text: str) -> int:
+        return len(self.tokenize_answer(text))
 
 
 def open_backend(spec: ModelSpec, *, role: str, threads: int = 0, parallel: int = 8) -> Backend:

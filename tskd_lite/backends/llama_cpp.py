@@ -34,8 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tskd_lite import gguf_meta
-from tskd_lite.backends.base import BACKENDS, Generation, Scored
-from tskd_lite.chat import compile_template, render_user_turn, user_prefix
+from tskd_lite.backends.base import BACKENDS, ChatTurns, Generation, Scored
 from tskd_lite.errors import TskdError
 
 if TYPE_CHECKING:
@@ -47,7 +46,7 @@ LOGIT_BUDGET = 1 << 26
 
 
 @BACKENDS.register("llama_cpp")
-class LlamaCpp:
+class LlamaCpp(ChatTurns):
     """A Backend (backends/base.py) with token-level abilities besides: tokenize_prompt, tokenize_answer, score
     (on token ids), answer_byte_ends, detokenize and the count of tokens decoded."""
 
@@ -134,21 +133,6 @@ class LlamaCpp:
         return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
 
     # text and tokens ----------------------------------------------------------------------------------------
-
-    def render(self, user_text: str) -> str:
-        """The user turn wrapped in this model's chat template, ready for the assistant's reply."""
-        if self._template is None:
-            self._template = compile_template(self.spec.chat_template, self.spec.model, self.role)
-        return render_user_turn(self._template, self.role, user_text, self.bos_text, self.eos_text)
-
-    def user_prefix(self) -> str:
-        return user_prefix(self.render, self.role)
-
-    def count_prompt_tokens(self, rendered: str) -> int:
-        return len(self.tokenize_prompt(rendered))
-
-    def count_answer_tokens(self, text: str) -> int:
-        return len(self.tokenize_answer(text))
 
     def detokenize(self, tokens: list[int]) -> str:
         return self.llm.detokenize(tokens).decode("utf-8", errors="ignore")

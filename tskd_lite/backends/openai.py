@@ -66,8 +66,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tskd_lite import gguf_meta
-from tskd_lite.backends.base import BACKENDS, Generation, Scored
-from tskd_lite.chat import compile_template, render_user_turn, user_prefix
+from tskd_lite.backends.base import BACKENDS, ChatTurns, Generation, Scored
 from tskd_lite.errors import TskdError
 
 if TYPE_CHECKING:
@@ -272,7 +271,7 @@ def _special_texts(path: Path) -> tuple[str, str]:
 
 
 @BACKENDS.register("openai")
-class OpenAIServer:
+class OpenAIServer(ChatTurns):
     """A Backend (backends/base.py) over HTTP: the model is served elsewhere, this process renders and checks."""
 
     runtime = "server"
@@ -318,21 +317,13 @@ class OpenAIServer:
         self.client = _Client(spec.url, spec.served_model, spec.timeout, role)
         self.client.entry()  # an unknown name is refused before any request could fall back to another model
         self._template = None
-        self._bos, self._eos = _special_texts(spec.model) if spec.model is not None else ("", "")
+        self.bos_text, self.eos_text = _special_texts(spec.model) if spec.model is not None else ("", "")
         self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix=f"tskd-{role}")
         self._tokenize_path: str | None = None
         self._aligned = False
         self._lock = threading.Lock()
 
     # text and tokens ----------------------------------------------------------------------------------------
-
-    def render(self, user_text: str) -> str:
-        if self._template is None:
-            self._template = compile_template(self.spec.chat_template, self.spec.model, self.role)
-        return render_user_turn(self._template, self.role, user_text, self._bos, self._eos)
-
-    def user_prefix(self) -> str:
-        return user_prefix(self.render, self.role)
 
     def _tokens(self, text: str) -> list:
         """The server's tokens of `text` as a prompt (with the BOS it adds, if any)."""

@@ -27,9 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tskd_lite import gguf_meta
-from tskd_lite.backends.base import BACKENDS, Generation, Scored
+from tskd_lite.backends.base import BACKENDS, ChatTurns, Generation, Scored
 from tskd_lite.backends.llama_cpp import LOGIT_BUDGET
-from tskd_lite.chat import compile_template, render_user_turn, user_prefix
 from tskd_lite.errors import TskdError
 from tskd_lite.hf import ADAPTER_CONFIG, check_adapter, check_hf_folder, load_hf, tokenizer_fingerprint
 
@@ -38,7 +37,7 @@ if TYPE_CHECKING:
 
 
 @BACKENDS.register("transformers")
-class Transformers:
+class Transformers(ChatTurns):
     """A Backend (backends/base.py) with llama_cpp's token-level abilities besides: tokenize_prompt,
     tokenize_answer and score (on token ids)."""
 
@@ -91,20 +90,6 @@ class Transformers:
         self._template = None
 
     # text and tokens ----------------------------------------------------------------------------------------
-
-    def render(self, user_text: str) -> str:
-        if self._template is None:
-            self._template = compile_template(self.spec.chat_template, self.spec.model, self.role)
-        return render_user_turn(self._template, self.role, user_text, self.bos_text, self.eos_text)
-
-    def user_prefix(self) -> str:
-        return user_prefix(self.render, self.role)
-
-    def count_prompt_tokens(self, rendered: str) -> int:
-        return len(self.tokenize_prompt(rendered))
-
-    def count_answer_tokens(self, text: str) -> int:
-        return len(self.tokenize_answer(text))
 
     def tokenize_prompt(self, rendered: str) -> list[int]:
         tokens = self.tokenizer(rendered, add_special_tokens=True)["input_ids"]
