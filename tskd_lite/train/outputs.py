@@ -21,6 +21,7 @@ from tskd_lite import atomic
 from tskd_lite.errors import TskdError
 from tskd_lite.recipe import Target
 from tskd_lite.target import Formatter, answer_logprobs
+from tskd_lite.train.replay import REPLAY_FILE
 
 # What train() writes in its folder; a folder holding any of them without the marker is someone else's.
 _OUTPUT_NAMES = (
@@ -31,7 +32,7 @@ _OUTPUT_NAMES = (
     "checkpoint",
     "checkpoint.tmp",
     "checkpoint.old",
-    "replay.jsonl",
+    REPLAY_FILE,
 )
 _MARKER = ".tskd-train"
 
