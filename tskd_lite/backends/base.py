@@ -8,7 +8,7 @@ need such an ability name the backend class they need.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -81,6 +81,19 @@ class Backend(Protocol):
 
 
 BACKENDS: Registry[type] = Registry("backend")
+
+
+def in_groups(pairs: Sequence[tuple[list[int], list[int]]], parallel: int, fits) -> Iterator[list]:
+    """(prompt ids, answer ids) pairs in their order, in groups of at most `parallel` that `fits(group)` accepts
+    (the backend's logit budget); a pair alone always makes a group."""
+    group: list = []
+    for pair in pairs:
+        if group and (len(group) == parallel or not fits([*group, pair])):
+            yield group
+            group = []
+        group.append(pair)
+    if group:
+        yield group
 
 
 class ChatTurns:

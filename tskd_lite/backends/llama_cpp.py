@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tskd_lite import gguf_meta
-from tskd_lite.backends.base import BACKENDS, ChatTurns, Generation, Scored
+from tskd_lite.backends.base import BACKENDS, ChatTurns, Generation, Scored, in_groups
 from tskd_lite.errors import TskdError
 
 if TYPE_CHECKING:
@@ -219,16 +219,11 @@ class LlamaCpp(ChatTurns):
         for prompt, answer in pairs:
             self._check_fits(len(prompt) + len(answer), "prompt and answer")
         max_rows = max(1, LOGIT_BUDGET // self.n_vocab)
-        out: list[np.ndarray] = []
-        group: list[tuple[list[int], list[int]]] = []
-        rows = 0
-        for pair in pairs:
-            if group and (len(group) == self.parallel or rows + len(pair[1]) > max_rows):
-                out += self._score_group(group)
-                group, rows = [], 0
-            group.append(pair)
-            rows += len(pair[1])
-        return out + (self._score_group(group) if group else [])
+
+        def fits(group: list) -> bool:  # a logit row for each answer token of the group
+            return sum(len(a) for _, a in group) <= max_rows
+
+        return [lp for group in in_groups(pairs, self.parallel, fits) for lp in self._score_group(group)]
 
     def _score_group(self, group: list[tuple[list[int], list[int]]]) -> list[np.ndarray]:
         self._clear()

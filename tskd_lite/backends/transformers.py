@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tskd_lite import gguf_meta
-from tskd_lite.backends.base import BACKENDS, ChatTurns, Generation, Scored
+from tskd_lite.backends.base import BACKENDS, ChatTurns, Generation, Scored, in_groups
 from tskd_lite.backends.llama_cpp import LOGIT_BUDGET
 from tskd_lite.errors import TskdError
 from tskd_lite.hf import ADAPTER_CONFIG, check_adapter, check_hf_folder, load_hf, tokenizer_fingerprint
@@ -153,16 +153,11 @@ class Transformers(ChatTurns):
         for prompt, answer in pairs:
             self._check_fits(len(prompt) + len(answer), "prompt and answer")
         max_rows = max(1, LOGIT_BUDGET // self.n_vocab)
-        out: list[np.ndarray] = []
-        group: list[tuple[list[int], list[int]]] = []
-        for pair in pairs:
-            # every sequence of a group gets as many logit rows as its longest answer needs
-            rows = (len(group) + 1) * (max(len(a) for _, a in [*group, pair]) + 1)
-            if group and (len(group) == self.parallel or rows > max_rows):
-                out += self._score_group(group)
-                group = []
-            group.append(pair)
-        return out + (self._score_group(group) if group else [])
+
+        def fits(group: list) -> bool:  # every sequence of a group gets as many logit rows as its longest answer needs
+            return len(group) * (max(len(a) for _, a in group) + 1) <= max_rows
+
+        return [lp for group in in_groups(pairs, self.parallel, fits) for lp in self._score_group(group)]
 
     def _score_group(self, group: list[tuple[list[int], list[int]]]) -> list[np.ndarray]:
         import torch
