@@ -227,6 +227,7 @@ def test_pool_overrides_and_cache_paths_are_those_the_cached_runs_were_made_with
     assert list(transfer.Settings(seeds=[0]).as_json()) == [
         "seeds", "pairs", "steps", "eval_limit", "teacher_epochs", "teacher_patience", "teacher_lr", "quick",
         "curve_pairs", "curve_steps", "aim", "paraphrases", "candidates", "rank", "lr", "epochs", "patience",
+        "max_passes",
     ]  # fmt: skip
     assert transfer.Settings(seeds=[0, 1]).quick_mode().as_json()["rounds"] == 2
 
@@ -329,6 +330,10 @@ def test_an_arms_steps_follow_the_pairs_it_drew_unless_fixed():
     assert transfer.Domain.resolved(domain, sized, 144).key == "p747-s72-r16-lr0.001"
     fixed = transfer.Budget(144, 72, 16, 1e-3)
     assert transfer.Domain.resolved(domain, fixed, 5) is fixed
+    # --max-passes 12: the domain's 4 x 144 examples for every arm, at most 12 passes over the arm's own pairs
+    domain.settings = transfer.Settings(seeds=[0], max_passes=12)
+    world = transfer.Budget(144, None, 16, 1e-3)
+    assert [transfer.Domain.resolved(domain, world, n).steps for n in (144, 72, 5, 0)] == [72, 72, 8, 1]
     with pytest.raises(ValueError, match="resolved"):
         _ = sized.key
 

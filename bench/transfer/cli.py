@@ -44,6 +44,12 @@ def parser() -> argparse.ArgumentParser:
         default=d.patience,
         help="> 0: up to --epochs, stopped when held-out loss on a tenth of the arm's pairs stops improving",
     )
+    p.add_argument(
+        "--max-passes",
+        type=float,
+        help="set: the domain's step budget (--epochs over its pairs) for every arm, at most this many passes over "
+        "the arm's own pairs",
+    )
     p.add_argument("--rank", type=int, help="LoRA rank of the target (default: the recipe's)")
     p.add_argument("--lr", type=float, help="the target's learning rate (default: the recipe's)")
     p.add_argument("--eval-limit", type=int, default=d.eval_limit, help="held-out items per domain (0: all)")
@@ -87,6 +93,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
         paraphrases=args.paraphrases,
         epochs=args.epochs,
         patience=args.patience,
+        max_passes=args.max_passes,
         candidates=args.candidates,
         curve_ranks=args.curve_ranks,
         curve_lrs=args.curve_lrs,

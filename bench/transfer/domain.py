@@ -168,7 +168,10 @@ class Domain:
         if budget.steps is not None or budget.patience:
             return budget
         per_step = self.recipe.train.batch_size * self.recipe.train.grad_accum
-        return dataclasses.replace(budget, steps=max(1, math.ceil(self.settings.epochs * n / per_step)))
+        examples = self.settings.epochs * n
+        if self.settings.max_passes is not None:  # the domain's budget, capped by passes over the arm's own pairs
+            examples = min(self.settings.epochs * budget.pairs, self.settings.max_passes * n)
+        return dataclasses.replace(budget, steps=max(1, math.ceil(examples / per_step)))
 
     def _train(self, arm: str, seed: int, budget: Budget, pairs: list) -> dict:
         if not pairs:  # a pool that kept nothing leaves the target as it was
