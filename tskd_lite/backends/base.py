@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from tskd_lite.chat import compile_template, render_user_turn, user_prefix
+from tskd_lite.errors import TskdError
 from tskd_lite.registry import Registry
 
 if TYPE_CHECKING:
@@ -81,6 +82,15 @@ class Backend(Protocol):
 
 
 BACKENDS: Registry[type] = Registry("backend")
+
+
+def check_in_process(spec: ModelSpec, where: str) -> None:
+    """What every in-process backend asks of its spec: a model, and none of a served model's keys."""
+    if spec.model is None:
+        raise TskdError(f"{where}.model: required key is missing")
+    for key in ("url", "served_model"):  # a served model's keys: the recipe most likely lacks backend = "openai"
+        if getattr(spec, key) is not None:
+            raise TskdError(f'{where}.{key}: only served backends take it (set backend = "openai")')
 
 
 def in_groups(pairs: Sequence[tuple[list[int], list[int]]], parallel: int, fits) -> Iterator[list]:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tskd_lite import gguf_meta
-from tskd_lite.backends.base import BACKENDS, ChatTurns, Generation, Scored, in_groups
+from tskd_lite.backends.base import BACKENDS, ChatTurns, Generation, Scored, check_in_process, in_groups
 from tskd_lite.errors import TskdError
 
 if TYPE_CHECKING:
@@ -54,11 +54,7 @@ class LlamaCpp(ChatTurns):
 
     @classmethod
     def check(cls, spec: ModelSpec, where: str) -> None:
-        if spec.model is None:
-            raise TskdError(f"{where}.model: required key is missing")
-        for key in ("url", "served_model"):  # a served model's keys: the recipe most likely lacks backend = "openai"
-            if getattr(spec, key) is not None:
-                raise TskdError(f'{where}.{key}: only served backends take it (set backend = "openai")')
+        check_in_process(spec, where)
         if spec.dtype != "auto":
             raise TskdError(f'{where}.dtype: only backend = "transformers" takes it (a GGUF has its own types)')
         # Hugging Face files where a GGUF goes, the likeliest mistake with one's own models: say what takes them.

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tskd_lite import gguf_meta
-from tskd_lite.backends.base import BACKENDS, ChatTurns, Generation, Scored, in_groups
+from tskd_lite.backends.base import BACKENDS, ChatTurns, Generation, Scored, check_in_process, in_groups
 from tskd_lite.backends.llama_cpp import LOGIT_BUDGET
 from tskd_lite.errors import TskdError
 from tskd_lite.hf import ADAPTER_CONFIG, check_adapter, check_hf_folder, load_hf, tokenizer_fingerprint
@@ -45,11 +45,7 @@ class Transformers(ChatTurns):
 
     @classmethod
     def check(cls, spec: ModelSpec, where: str) -> None:
-        if spec.model is None:
-            raise TskdError(f"{where}.model: required key is missing")
-        for key in ("url", "served_model"):  # a served model's keys: the recipe most likely lacks backend = "openai"
-            if getattr(spec, key) is not None:
-                raise TskdError(f'{where}.{key}: only served backends take it (set backend = "openai")')
+        check_in_process(spec, where)
         check_hf_folder(spec.model, f"{where}.model", tokenizer=True)
         if spec.lora is not None:
             check_adapter(spec.lora, spec.model, f"{where}.lora")
