@@ -320,20 +320,22 @@ def test_evals_domain_splits_a_registry_task_without_overlap(tmp_path):
         assert t["answer"] == f"January {int(t['prompt'][-2:])}, 2001."
 
 
-def test_an_arms_steps_follow_the_pairs_it_drew_unless_fixed():
-    """Epochs over the arm's own pairs: the world's 144 pairs get the 72 steps --curve chose there, five seed pairs
-    get 3 (72 steps on them erased what the target knew); --steps fixes them for every arm."""
+def test_an_arms_steps_are_the_domains_budget_capped_by_passes_over_its_own_pairs():
+    """By default the domain's 4 epochs over its pairs for every arm, at most 8 passes over the arm's own: the
+    world's 72-pair entities pool gets the 72 steps its 144-pair oracle gets (4 epochs over 72 pairs recovered 15%,
+    this 96%), five seed pairs get 5 (72 steps on them erased what the target knew). --max-passes 0: 4 epochs over
+    the arm's own pairs; --steps fixes them for every arm."""
     train = SimpleNamespace(batch_size=8, grad_accum=1)
     domain = SimpleNamespace(recipe=SimpleNamespace(train=train), settings=transfer.Settings(seeds=[0]))
+    world = transfer.Budget(144, None, 16, 1e-3)
+    assert [transfer.Domain.resolved(domain, world, n).steps for n in (144, 72, 5, 0)] == [72, 72, 5, 1]
     sized = transfer.Budget(747, None, 16, 1e-3)
-    assert [transfer.Domain.resolved(domain, sized, n).steps for n in (144, 5, 747, 0)] == [72, 3, 374, 1]
-    assert transfer.Domain.resolved(domain, sized, 144).key == "p747-s72-r16-lr0.001"
+    assert [transfer.Domain.resolved(domain, sized, n).steps for n in (144, 5, 747)] == [144, 5, 374]
+    assert transfer.Domain.resolved(domain, world, 72).key == "p144-s72-r16-lr0.001"
     fixed = transfer.Budget(144, 72, 16, 1e-3)
     assert transfer.Domain.resolved(domain, fixed, 5) is fixed
-    # --max-passes 12: the domain's 4 x 144 examples for every arm, at most 12 passes over the arm's own pairs
-    domain.settings = transfer.Settings(seeds=[0], max_passes=12)
-    world = transfer.Budget(144, None, 16, 1e-3)
-    assert [transfer.Domain.resolved(domain, world, n).steps for n in (144, 72, 5, 0)] == [72, 72, 8, 1]
+    domain.settings = transfer.Settings(seeds=[0], max_passes=0)  # epochs over the arm's own pairs
+    assert [transfer.Domain.resolved(domain, sized, n).steps for n in (144, 5, 747, 0)] == [72, 3, 374, 1]
     with pytest.raises(ValueError, match="resolved"):
         _ = sized.key
 
@@ -344,3 +346,15 @@ def test_a_budget_stopped_on_held_out_loss_is_cached_apart_from_fixed_epochs():
     assert transfer.Budget(100, 50, 16, 1e-3).key == "p100-s50-r16-lr0.001"
     with pytest.raises(ValueError, match="resolved"):
         _ = transfer.Budget(100, None, 16, 1e-3).key
+
+
+def test_the_results_say_how_every_arm_was_trained():
+    """The header line names the rule the settings record, not the epochs alone (a --max-passes run once read as
+    "4 epochs over the pairs it draws")."""
+    from bench.transfer.tables import _training
+
+    assert "at most 8 passes over the pairs it draws" in _training({"epochs": 4.0, "max_passes": 8.0})
+    assert "stopped when the loss" in _training({"epochs": 12.0, "patience": 2, "max_passes": 12.0})
+    assert _training({"epochs": 4.0, "max_passes": None}).startswith("every arm trains 4 epochs over the pairs")
+    fixed = "every arm trains 72 steps on up to the domain's budget of pairs (below)"
+    assert _training({"epochs": 4.0, "steps": 72}) == fixed

@@ -36,8 +36,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2 (--curve: 0)")
     p.add_argument("--arms", nargs="+", choices=arms.ARMS, default=list(arms.DEFAULT_ARMS), help="listed below")
     p.add_argument("--pairs", type=int, help="training pairs per arm (default: the domain's train.jsonl size)")
-    p.add_argument("--steps", type=int, help="fixed training steps per arm (default: --epochs over its pairs)")
-    p.add_argument("--epochs", type=float, default=d.epochs, help="passes over an arm's pairs without --steps")
+    p.add_argument("--steps", type=int, help="fixed training steps per arm (default: see --max-passes)")
+    p.add_argument("--epochs", type=float, default=d.epochs, help="passes over the domain's pairs: every arm's step budget")
     p.add_argument(
         "--patience",
         type=int,
@@ -47,8 +47,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-passes",
         type=float,
-        help="set: the domain's step budget (--epochs over its pairs) for every arm, at most this many passes over "
-        "the arm's own pairs",
+        default=d.max_passes,
+        help="every arm trains the domain's step budget (--epochs over the domain's pairs), at most this many "
+        "passes over its own pairs (0: --epochs over its own pairs)",
     )
     p.add_argument("--rank", type=int, help="LoRA rank of the target (default: the recipe's)")
     p.add_argument("--lr", type=float, help="the target's learning rate (default: the recipe's)")
@@ -134,9 +135,11 @@ def run_curve(domain: Domain, refs: dict, settings: Settings) -> list[dict]:
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     settings = settings_of(args)
-    work = args.work or ROOT / "runs" / ("transfer-quick" if args.quick else "transfer")
+    # absolute at once: the pipeline resolves a recipe's relative paths against the recipe's folder, so a relative
+    # --work would name another folder there
+    work = (args.work or ROOT / "runs" / ("transfer-quick" if args.quick else "transfer")).resolve()
     default_name = "transfer-curve" if args.curve else "transfer-results"
-    results_path = args.results or (work / default_name if args.quick else ROOT / "bench" / default_name)
+    results_path = (args.results or (work / default_name if args.quick else ROOT / "bench" / default_name)).resolve()
     quiet_transformers()
     started = time.perf_counter()
     domains = []
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not name or not folder:
             raise SystemExit(f"--domain {spec!r}: expected NAME=DIR")
         t0 = time.perf_counter()
-        domain = Domain(name, Path(folder).resolve(), args.recipe, work, settings, not args.quiet)
+        domain = Domain(name, Path(folder).resolve(), args.recipe.resolve(), work, settings, not args.quiet)
         train_cfg = domain.recipe.train
         # the target's rank and learning rate: the last domain's are the ones recorded
         settings = dataclasses.replace(

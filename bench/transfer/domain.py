@@ -163,13 +163,15 @@ class Domain:
         return cached(self.layout.result(arm, seed, budget), lambda: self._train(arm, seed, budget, pairs))
 
     def resolved(self, budget: Budget, n: int) -> Budget:
-        """The budget with its steps: the fixed ones, else Settings.epochs over the n pairs the arm drew (so an
-        arm of five pairs is not trained for as long as one of hundreds, which erased what the target knew)."""
+        """The budget with its steps: the fixed ones, else the domain's (Settings.epochs over its pairs) capped at
+        Settings.max_passes over the n pairs the arm drew, so that a one-phrasing pool gets the exposures the
+        teacher's data gets and an arm of five pairs is not trained as long as one of hundreds (which erased what
+        the target knew); without max_passes, Settings.epochs over the n pairs."""
         if budget.steps is not None or budget.patience:
             return budget
         per_step = self.recipe.train.batch_size * self.recipe.train.grad_accum
         examples = self.settings.epochs * n
-        if self.settings.max_passes is not None:  # the domain's budget, capped by passes over the arm's own pairs
+        if self.settings.max_passes:  # the domain's budget, capped by passes over the arm's own pairs
             examples = min(self.settings.epochs * budget.pairs, self.settings.max_passes * n)
         return dataclasses.replace(budget, steps=max(1, math.ceil(examples / per_step)))
 

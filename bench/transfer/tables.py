@@ -162,6 +162,16 @@ def _training(st: dict) -> str:
     pairs = f"up to {st['pairs']} pairs" if st.get("pairs") else "up to the domain's budget of pairs (below)"
     if st.get("steps"):
         return f"every arm trains {st['steps']} steps on {pairs}"
+    if st.get("patience"):
+        return (
+            f"every arm trains up to {st['epochs']:g} epochs over the pairs it draws, stopped when the loss on a "
+            f"held-out tenth of them has not improved for {st['patience']} epochs, {pairs}"
+        )
+    if st.get("max_passes"):
+        return (
+            f"every arm trains the domain's budget ({st['epochs']:g} epochs over the domain's pairs), at most "
+            f"{st['max_passes']:g} passes over the pairs it draws, {pairs}"
+        )
     return f"every arm trains {st['epochs']:g} epochs over the pairs it draws, {pairs}"
 
 
