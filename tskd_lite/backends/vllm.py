@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tskd_lite.backends.base import BACKENDS, Scored
-from tskd_lite.backends.openai import PLAIN_SAMPLING, OpenAIServer, _number, _spell_back
+from tskd_lite.backends.openai import PLAIN_SAMPLING, OpenAIServer, _byte_ends, _number, _spell_back
 
 
 @BACKENDS.register("vllm")
@@ -92,5 +92,7 @@ class VLLMServer(OpenAIServer):
             spelled = _spell_back(answer, texts, len(texts), answer) if all(isinstance(t, str) for t in texts) else None
             if spelled is None or spelled[0] != 0:
                 raise self._mismatch("its answer tokens' texts do not spell the answer sent")
-            ends = spelled[1]
+            # a token holding part of a character has an empty text here (vLLM decodes it alone): it is given one
+            # byte of that character, as the text path gives it
+            ends = _byte_ends(spelled[1])
         return Scored(np.array(values, dtype=np.float64), ends, len(tokens))
