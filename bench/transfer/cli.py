@@ -37,7 +37,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--arms", nargs="+", choices=arms.ARMS, default=list(arms.DEFAULT_ARMS), help="listed below")
     p.add_argument("--pairs", type=int, help="training pairs per arm (default: the domain's train.jsonl size)")
     p.add_argument("--steps", type=int, help="fixed training steps per arm (default: see --max-passes)")
-    p.add_argument("--epochs", type=float, default=d.epochs, help="passes over the domain's pairs: every arm's step budget")
+    p.add_argument(
+        "--epochs", type=float, default=d.epochs, help="passes over the domain's pairs: every arm's step budget"
+    )
     p.add_argument(
         "--patience",
         type=int,

@@ -24,8 +24,9 @@ class Settings:
     seeds: list[int]
     # Budgets follow the domain: an arm trains on up to `pairs` pairs (None: as many as the teacher's own data,
     # the domain's train.jsonl), for the domain's step budget capped by `max_passes` over what it drew (None steps)
-    # or a fixed `steps`; each pool writes as many prompts over its rounds as there are pairs to train on. Fixed budgets set for the world
-    # (144 pairs, 72 steps) asked a fifth of a 747-pair domain, and 72 steps on 5 pairs erased what the target knew.
+    # or a fixed `steps`; each pool writes as many prompts over its rounds as there are pairs to train on. Fixed
+    # budgets set for the world (144 pairs, 72 steps) asked a fifth of a 747-pair domain, and 72 steps on 5 pairs
+    # erased what the target knew.
     pairs: int | None = None
     steps: int | None = None
     eval_limit: int = 48  # held-out items per domain (0: all)
