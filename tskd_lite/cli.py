@@ -359,7 +359,7 @@ def export(run_path: Path, output: Path, fmt: str, provenance: bool, run_id: int
     with Store.read(place.db) as store:
         run = store.get_run(place.run_id if run_id is None else run_id).id
         if str(output) == "-":  # stdout, as Unix tools take it: the pairs only, no summary line among them
-            write_to(store, run, click.get_text_stream("stdout"), fmt, provenance=provenance)
+            write_to(store, run, sys.stdout, fmt, provenance=provenance)
             return
         if output.resolve() in store.own_files():
             raise TskdError(f"-o/--output: {output} is the database {store.path} or one of its files")
