@@ -114,7 +114,7 @@ def test_every_bundled_recipe_loads_with_its_files_in_place(tiny, tmp_path):
         loaded = load_recipe(tmp_path / path.name, layered)
         assert loaded.expand.strategy == raw.get("expand", {}).get("strategy", "fewshot"), path.name
         if path.name == "served.toml":  # both roles served, sharing the local GGUF's vocabulary
-            assert loaded.teacher.backend == loaded.base.backend == "openai"
+            assert loaded.teacher.backend == loaded.base.backend == "vllm"
             assert loaded.teacher.served_model == "teacher" and loaded.base.served_model == "base"
             assert loaded.target is not None and loaded.eval is not None
 
