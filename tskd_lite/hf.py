@@ -17,16 +17,18 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MAX_HEADER = 100 << 20  # bytes of a safetensors header: far above a real model's, a bound for a damaged file
 
 
+def _a_folder(path: Path, where: str, expected: str) -> None:
+    """One line unless `path` is a folder: not found, or not a folder (with what was expected there)."""
+    if not path.is_dir():
+        if path.exists():
+            raise TskdError(f"{where}: {path} is not a folder (expected {expected})")
+        raise TskdError(f"{where}: folder not found: {path}")
+
+
 def check_hf_folder(model: Path, where: str, *, tokenizer: bool = False) -> None:
     """One line unless `model` is a Hugging Face model folder: config.json, safetensors weights (pickled .bin
     weights are never loaded) and, where asked, a tokenizer."""
-    if not model.is_dir():
-        if model.exists():
-            raise TskdError(
-                f"{where}: {model} is not a folder (expected a Hugging Face model folder; a GGUF needs "
-                'backend = "llama_cpp")'
-            )
-        raise TskdError(f"{where}: folder not found: {model}")
+    _a_folder(model, where, 'a Hugging Face model folder; a GGUF needs backend = "llama_cpp"')
     if not (model / "config.json").is_file():
         raise TskdError(f"{where}: {model} is a folder without config.json (expected a Hugging Face model folder)")
     if not any(model.glob("*.safetensors")):
@@ -54,13 +56,7 @@ def check_adapter(lora: Path, model: Path, where: str) -> None:
     """One line unless `lora` is a PEFT LoRA folder (adapter_config.json, safetensors weights) whose every matrix
     pair fits a weight of `model`: an adapter made for another model is refused here, since PEFT would load one for
     a deeper model without a word (the layers it lacks are left out)."""
-    if not lora.is_dir():
-        if lora.exists():
-            raise TskdError(
-                f"{where}: {lora} is not a folder (expected a PEFT adapter folder; a GGUF LoRA goes with the "
-                "llama_cpp backend)"
-            )
-        raise TskdError(f"{where}: folder not found: {lora}")
+    _a_folder(lora, where, "a PEFT adapter folder; a GGUF LoRA goes with the llama_cpp backend")
     try:
         config = json.loads((lora / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -133,6 +133,27 @@ class ChatTurns:
         return len(self.tokenize_answer(text))
 
 
+class InGroups:
+    """generate for the in-process backends: every prompt tokenized and checked to fit first (a prompt too long is
+    one line before any work), then replies `parallel` at a time. A backend defines tokenize_prompt, _check_fits
+    and _generate_group (one group's replies, each by its own seed)."""
+
+    parallel: int
+
+    def generate(
+        self, rendered: Sequence[str], *, max_tokens: int, temperature: float, top_p: float, seeds: Sequence[int]
+    ) -> list[Generation]:
+        """A reply to each rendered prompt, `parallel` at a time; a prompt's seed fixes its reply."""
+        prompts = [self.tokenize_prompt(r) for r in rendered]
+        for prompt in prompts:
+            self._check_fits(len(prompt) + 1, "a prompt")
+        out: list[Generation] = []
+        for start in range(0, len(prompts), self.parallel):
+            group = prompts[start : start + self.parallel]
+            out += self._generate_group(group, max_tokens, temperature, top_p, seeds[start : start + self.parallel])
+        return out
+
+
 def open_backend(spec: ModelSpec, *, role: str, threads: int = 0, parallel: int = 8) -> Backend:
     """The model of a recipe's role, served by the backend its spec names."""
     return BACKENDS[spec.backend](spec, role=role, threads=threads, parallel=parallel)

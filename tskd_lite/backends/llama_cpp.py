@@ -34,7 +34,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tskd_lite import gguf_meta
-from tskd_lite.backends.base import BACKENDS, ChatTurns, Generation, Scored, check_in_process, in_groups
+from tskd_lite.backends.base import (
+    BACKENDS,
+    ChatTurns,
+    Generation,
+    InGroups,
+    Scored,
+    check_in_process,
+    in_groups,
+)
 from tskd_lite.errors import TskdError
 
 if TYPE_CHECKING:
@@ -46,7 +54,7 @@ LOGIT_BUDGET = 1 << 26
 
 
 @BACKENDS.register("llama_cpp")
-class LlamaCpp(ChatTurns):
+class LlamaCpp(InGroups, ChatTurns):
     """A Backend (backends/base.py) with token-level abilities besides: tokenize_prompt, tokenize_answer, score
     (on token ids), answer_byte_ends, detokenize and the count of tokens decoded."""
 
@@ -250,19 +258,6 @@ class LlamaCpp(ChatTurns):
         return np.split(lp, ends[:-1])
 
     # generation --------------------------------------------------------------------------------------------
-
-    def generate(
-        self, rendered: Sequence[str], *, max_tokens: int, temperature: float, top_p: float, seeds: Sequence[int]
-    ) -> list[Generation]:
-        """Sample a reply to each rendered prompt, `parallel` at a time; a prompt's seed fixes its reply."""
-        prompts = [self.tokenize_prompt(r) for r in rendered]
-        for prompt in prompts:
-            self._check_fits(len(prompt) + 1, "a prompt")
-        out: list[Generation] = []
-        for start in range(0, len(prompts), self.parallel):
-            group = prompts[start : start + self.parallel]
-            out += self._generate_group(group, max_tokens, temperature, top_p, seeds[start : start + self.parallel])
-        return out
 
     def _sampler(self, temperature: float, top_p: float, seed: int):
         from llama_cpp import _internals

@@ -27,7 +27,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tskd_lite import gguf_meta
-from tskd_lite.backends.base import BACKENDS, ChatTurns, Generation, Scored, check_in_process, in_groups
+from tskd_lite.backends.base import (
+    BACKENDS,
+    ChatTurns,
+    Generation,
+    InGroups,
+    Scored,
+    check_in_process,
+    in_groups,
+)
 from tskd_lite.backends.llama_cpp import LOGIT_BUDGET
 from tskd_lite.errors import TskdError
 from tskd_lite.hf import ADAPTER_CONFIG, check_adapter, check_hf_folder, load_hf, tokenizer_fingerprint
@@ -37,7 +45,7 @@ if TYPE_CHECKING:
 
 
 @BACKENDS.register("transformers")
-class Transformers(ChatTurns):
+class Transformers(InGroups, ChatTurns):
     """A Backend (backends/base.py) with llama_cpp's token-level abilities besides: tokenize_prompt,
     tokenize_answer and score (on token ids)."""
 
@@ -171,19 +179,6 @@ class Transformers(ChatTurns):
         return out
 
     # generation --------------------------------------------------------------------------------------------
-
-    def generate(
-        self, rendered: Sequence[str], *, max_tokens: int, temperature: float, top_p: float, seeds: Sequence[int]
-    ) -> list[Generation]:
-        """A reply to each rendered prompt, `parallel` at a time; a prompt's seed fixes its reply."""
-        prompts = [self.tokenize_prompt(r) for r in rendered]
-        for prompt in prompts:
-            self._check_fits(len(prompt) + 1, "a prompt")
-        out: list[Generation] = []
-        for start in range(0, len(prompts), self.parallel):
-            group, group_seeds = prompts[start : start + self.parallel], seeds[start : start + self.parallel]
-            out += self._generate_group(group, max_tokens, temperature, top_p, group_seeds)
-        return out
 
     def _generate_group(self, prompts, max_tokens, temperature, top_p, seeds) -> list[Generation]:
         import torch
