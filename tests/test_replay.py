@@ -19,7 +19,7 @@ from tskd_lite.train.general_prompts import GENERAL_PROMPTS
 def test_replayed_answers_are_the_untouched_targets_own_and_train_beside_the_pairs(tiny, target_gguf, tmp_path):
     prompts = tmp_path / "general.txt"
     prompts.write_text("Name a colour.\n\nWhat is a cloud?\nCount to three.\nSay hello.\n")
-    recipe = _recipe(tiny, target_gguf, tmp_path, replay=0.25, replay_prompts=str(prompts))
+    recipe = _recipe(tiny, target_gguf, tmp_path, replay=0.25, replay_min=0, replay_prompts=str(prompts))
     result = _train(recipe)
     written = [json.loads(line) for line in (result.out_dir / replay.REPLAY_FILE).read_text().splitlines()]
     # 0.25 per pair of 12 is 3 of the file's 4 prompts (the blank line is no prompt), in the file's order
@@ -39,7 +39,7 @@ def test_replayed_answers_are_the_untouched_targets_own_and_train_beside_the_pai
 
 
 def test_a_resumed_training_reads_its_replay_instead_of_writing_it_again(tiny, target_gguf, tmp_path, monkeypatch):
-    recipe = _recipe(tiny, target_gguf, tmp_path, replay=0.5)
+    recipe = _recipe(tiny, target_gguf, tmp_path, replay=0.5, replay_min=0)
     out = recipe.output.run_dir / "train"
     claim_out(out, "training folder")  # as train() does before it asks for the replay
     first = replay.replay_pairs(
@@ -60,9 +60,28 @@ def test_a_resumed_training_reads_its_replay_instead_of_writing_it_again(tiny, t
         replay.replay_pairs(hf_dir(recipe.target), recipe.target, recipe.train, 8, out, progress=False, log=print)
 
 
+@pytest.mark.parametrize(
+    ("per_pair", "floor", "n_pairs", "expected"),
+    [
+        (0.25, 32, 12, 32),  # the floor: a tiny pool trains mostly on the target's own answers
+        (0.25, 32, 400, 80),  # 0.25 per pair, capped by the bundled prompts there are
+        (0.25, 32, 200, 50),  # above the floor: 0.25 per pair
+        (0.25, 0, 12, 3),
+        (0.0, 32, 12, 0),  # replay 0 is off, whatever the floor
+    ],
+)
+def test_the_replay_count_is_per_pair_with_a_floor(per_pair, floor, n_pairs, expected):
+    from tskd_lite.recipe import Train
+
+    cfg = Train(replay=per_pair, replay_min=floor)
+    assert len(GENERAL_PROMPTS) == 80  # the cap the cases above are written for
+    assert replay.replay_count(cfg, n_pairs, len(replay.replay_prompts(cfg))) == expected
+
+
 def test_replay_is_on_by_default_and_zero_changes_nothing(tiny, target_gguf, tmp_path):
     default = recipe_dict(tiny, tmp_path / "default" / "pool.db")  # no [train] table
-    assert load_recipe(write_recipe(tmp_path / "default.toml", default)).train.replay == 0.25
+    train = load_recipe(write_recipe(tmp_path / "default.toml", default)).train
+    assert (train.replay, train.replay_min) == (0.25, 32)
     result = _train(_recipe(tiny, target_gguf, tmp_path, replay=0))
     assert result.n_replay == 0 and not (result.out_dir / replay.REPLAY_FILE).exists()
 
@@ -71,6 +90,7 @@ def test_replay_is_on_by_default_and_zero_changes_nothing(tiny, target_gguf, tmp
     ("train", "message"),
     [
         ({"replay": -0.5}, "train.replay: expected a number in [0, 10]"),
+        ({"replay_min": 2.5}, "train.replay_min: expected"),
         ({"replay_prompts": "missing.txt"}, "train.replay_prompts"),
         ({"replay_prompts": "empty.txt"}, "holds no prompts"),
     ],
@@ -91,14 +111,15 @@ def test_check_says_what_stops_training_and_what_it_replays(tiny, target_gguf, t
     recipe = _recipe(tiny, target_gguf, tmp_path, replay=0.25, patience=2)
     shown = CliRunner().invoke(main, ["check", str(recipe.path)]).output
     assert "stopped when held-out loss has not improved for 2 epochs" in shown
-    assert f"replay: 0.25 of the target's own answers per pair, of {len(GENERAL_PROMPTS)} prompts" in shown
+    replayed = f"replay: 0.25 of the target's own answers per pair (at least 32), of {len(GENERAL_PROMPTS)} prompts"
+    assert replayed in shown
     (tmp_path / "plain").mkdir()
     plain = _recipe(tiny, target_gguf, tmp_path / "plain", replay=0)
     assert "replay" not in CliRunner().invoke(main, ["check", str(plain.path)]).output
 
 
 def test_a_replay_with_an_empty_reply_is_read_back_on_resume(tiny, target_gguf, tmp_path, monkeypatch):
-    recipe = _recipe(tiny, target_gguf, tmp_path, replay=0.5)
+    recipe = _recipe(tiny, target_gguf, tmp_path, replay=0.5, replay_min=0)
     out = recipe.output.run_dir / "train"
     claim_out(out, "training folder")
 

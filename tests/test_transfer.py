@@ -332,6 +332,10 @@ def test_an_arms_steps_are_the_domains_budget_capped_by_passes_over_its_own_pair
     sized = transfer.Budget(747, None, 16, 1e-3)
     assert [transfer.Domain.resolved(domain, sized, n).steps for n in (144, 5, 747)] == [144, 5, 374]
     assert transfer.Domain.resolved(domain, world, 72).key == "p144-s72-r16-lr0.001"
+    # replayed answers ride beside: 8 passes over 13 pairs are 13 steps, over 13 + 32 replayed 45, keyed apart
+    replayed = transfer.Budget(144, None, 16, 1e-3, replay=32)
+    assert [transfer.Domain.resolved(domain, b, 13).steps for b in (world, replayed)] == [13, 45]
+    assert transfer.Domain.resolved(domain, replayed, 13).key == "p144-s45-r16-lr0.001-rp32"
     fixed = transfer.Budget(144, 72, 16, 1e-3)
     assert transfer.Domain.resolved(domain, fixed, 5) is fixed
     domain.settings = transfer.Settings(seeds=[0], max_passes=0)  # epochs over the arm's own pairs

@@ -214,7 +214,8 @@ def _train_budget(t) -> str:
     if t.patience:
         line += f", stopped when held-out loss has not improved for {t.patience} epochs"
     if t.replay:
-        line += f"; replay: {t.replay:g} of the target's own answers per pair, of {len(replay_prompts(t))} prompts"
+        line += f"; replay: {t.replay:g} of the target's own answers per pair (at least {t.replay_min}), "
+        line += f"of {len(replay_prompts(t))} prompts"
     return line
 
 

@@ -262,6 +262,10 @@ class Train:
     # trained on beside the distilled pairs, so that a narrow dataset does not erase what it knew (0: none). On by
     # default: on the countries domain it kept what the target knew and recovered more (docs/benchmark.md).
     replay: float = _number_in(0.25, 0, 10)
+    # ... and at least this many where replay is on: 0.25 per pair is 3-5 answers beside a pool of a dozen pairs,
+    # which did not keep what the target knew on countries; the floor makes a tiny pool train mostly on the
+    # target's own answers (docs/benchmark.md, "A replay floor")
+    replay_min: int = _int_in(32, 0, MAX_COUNT)
     replay_prompts: Path | None = None  # one prompt per line (default: the bundled general prompts)
     quantize: str = _one_of("auto", "auto", "nf4", "none")
     token_top_fraction: float = _unit_interval(1.0)

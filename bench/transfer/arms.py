@@ -35,7 +35,9 @@ EVERY_ROUND = {"target_kept": 1 << 30}
 # prompt budget: a cap set for the world asked 41 of a real domain's 249 names.
 EVERY_NAME = {**EVERY_ROUND, "candidates_per_round": MAX_CANDIDATES}
 CONTRAST = {"select": {"rule": "contrast"}}
-REPLAY = {"replay": 0.25}  # the replay arms' [train]: the target's own answers, one for every four pairs
+# the replay arms' [train]: the target's own answers, one for every four pairs, at least the recipe's
+# train.replay_min (the product's default, 32)
+REPLAY = {"replay": 0.25}
 TOKEN_TOP_FRACTION = 0.5
 
 REGISTRY: dict[str, Arm] = {}
@@ -274,8 +276,8 @@ class FollowContrast(Arm):
 class EntitiesReplay(Arm):
     name = "entities_replay"
     description = (
-        "entities' pairs plus the untouched target's own answers to general prompts, 0.25 per pair "
-        "(`train.replay`, the product's default): do no harm"
+        "entities' pairs plus the untouched target's own answers to general prompts, 0.25 per pair and at "
+        "least 32 (`train.replay`, `train.replay_min`: the product's defaults): do no harm"
     )
     default = True
     needs_entities = True
@@ -286,7 +288,7 @@ class EntitiesReplay(Arm):
 @register
 class FullReplay(Arm):
     name = "full_replay"
-    description = "full's pairs plus the target's own answers to general prompts, 0.25 per pair (`train.replay`)"
+    description = "full's pairs plus the target's own answers to general prompts, as entities_replay"
     default = False
     pool = "full"
     train = REPLAY

@@ -17,6 +17,7 @@ from tskd_lite.evaluate import eval_transformers, evaluate, read_eval_file
 from tskd_lite.recipe import Recipe, load_recipe, merged
 from tskd_lite.target import Formatter, hf_dir
 from tskd_lite.train import make_teacher, read_pairs, teacher_settings, train
+from tskd_lite.train.replay import replay_count, replay_prompts
 
 from .arms import REGISTRY
 from .cache import Layout, cached
@@ -159,20 +160,30 @@ class Domain:
     def arm(self, arm: str, seed: int, budget: Budget) -> dict:
         """The target trained on the arm's pairs and scored on the held-out items (cached)."""
         pairs = self.arm_pairs(arm, seed, budget.pairs)
-        budget = self.resolved(budget, len(pairs))
+        cfg = self.train_settings(arm)
+        replayed = replay_count(cfg, len(pairs), len(replay_prompts(cfg))) if pairs else 0
+        budget = self.resolved(dataclasses.replace(budget, replay=replayed), len(pairs))
         return cached(self.layout.result(arm, seed, budget), lambda: self._train(arm, seed, budget, pairs))
+
+    def train_settings(self, arm: str):
+        """The recipe's [train] with the arm's keys laid over it (arms.py: replay only where the arm says so)."""
+        return dataclasses.replace(self.recipe.train, **REGISTRY[arm].train)
 
     def resolved(self, budget: Budget, n: int) -> Budget:
         """The budget with its steps: the fixed ones, else the domain's (Settings.epochs over its pairs) capped at
         Settings.max_passes over the n pairs the arm drew, so that a one-phrasing pool gets the exposures the
         teacher's data gets and an arm of five pairs is not trained as long as one of hundreds (which erased what
-        the target knew); without max_passes, Settings.epochs over the n pairs."""
+        the target knew); without max_passes, Settings.epochs over the n pairs. Replayed answers ride beside, as
+        the product's epochs count them: the steps grow by (n + replayed) / n, so the arm's own pairs get the
+        exposures they get without replay."""
         if budget.steps is not None or budget.patience:
             return budget
         per_step = self.recipe.train.batch_size * self.recipe.train.grad_accum
         examples = self.settings.epochs * n
         if self.settings.max_passes:  # the domain's budget, capped by passes over the arm's own pairs
             examples = min(self.settings.epochs * budget.pairs, self.settings.max_passes * n)
+        if n:
+            examples *= (n + budget.replay) / n
         return dataclasses.replace(budget, steps=max(1, math.ceil(examples / per_step)))
 
     def _train(self, arm: str, seed: int, budget: Budget, pairs: list) -> dict:
@@ -186,14 +197,13 @@ class Domain:
         else:
             length = {"max_steps": budget.steps, "val_fraction": 0.0}
         cfg = dataclasses.replace(
-            self.recipe.train,
+            self.train_settings(arm),
             **length,
             patience=budget.patience,
             rank=budget.rank,
             alpha=2.0 * budget.rank,
             learning_rate=budget.lr,
             seed=seed,
-            **REGISTRY[arm].train,
         )
         target = dataclasses.replace(self.recipe.target, model=self.target_dir())
         log(f"[{self.name} seed {seed}] training the target on {arm}: {len(pairs)} pairs, {budget}")

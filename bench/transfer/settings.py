@@ -73,7 +73,8 @@ class Settings:
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """What one arm's training gets: pairs drawn, optimiser steps, LoRA rank and learning rate."""
+    """What one arm's training gets: pairs drawn, optimiser steps, LoRA rank and learning rate, and the target's
+    own replayed answers trained beside its pairs."""
 
     pairs: int
     steps: int | None  # None: the domain's budget capped by passes over the arm's pairs (Domain.resolved sets it)
@@ -81,11 +82,13 @@ class Budget:
     lr: float
     epochs: float | None = None  # with patience: at most this many epochs, steps left None
     patience: int = 0  # > 0: stopped on held-out loss (Settings.patience)
+    replay: int = 0  # replayed answers beside the arm's pairs (train.replay, train.replay_min; Domain.arm sets it)
 
     @property
     def key(self) -> str:
+        replayed = f"-rp{self.replay}" if self.replay else ""  # keys without replay read as they always have
         if self.patience:
-            return f"p{self.pairs}-e{self.epochs:g}-stop{self.patience}-r{self.rank}-lr{self.lr:g}"
+            return f"p{self.pairs}-e{self.epochs:g}-stop{self.patience}-r{self.rank}-lr{self.lr:g}{replayed}"
         if self.steps is None:
             raise ValueError("a budget's steps are resolved for the arm's pairs before it is a cache key")
-        return f"p{self.pairs}-s{self.steps}-r{self.rank}-lr{self.lr:g}"
+        return f"p{self.pairs}-s{self.steps}-r{self.rank}-lr{self.lr:g}{replayed}"

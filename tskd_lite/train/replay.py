@@ -4,8 +4,8 @@ Fine-tuning a small model on a narrow dataset pulls all of its behaviour toward 
 it knew before (the transfer benchmark counts the held-out facts the target had right before and wrong after).
 Rehearsing its own earlier answers, written by the untouched target before training, is a data-free guard against
 that: the loss on them starts near its minimum, so they cost the distilled pairs little and pull back only where
-training drifts from what the target did. train.replay sets how many per training pair (0: none); the held-out
-split draws from them too, so early stopping also watches them.
+training drifts from what the target did. train.replay sets how many per training pair (0: none), train.replay_min
+how many at least; the held-out split draws from them too, so early stopping also watches them.
 
 The answers are written once into the training folder (replay.jsonl, replaced atomically) and read back on a
 resume, so that a resumed training sees the same tokens as an uninterrupted one.
@@ -35,7 +35,11 @@ def replay_prompts(cfg: Train) -> list[str]:
 
 
 def replay_count(cfg: Train, n_pairs: int, available: int) -> int:
-    return min(available, round(cfg.replay * n_pairs))
+    """How many answers a training of n_pairs pairs replays: train.replay per pair, at least train.replay_min, at
+    most the prompts there are; none where train.replay is 0."""
+    if cfg.replay == 0:
+        return 0
+    return min(available, max(cfg.replay_min, round(cfg.replay * n_pairs)))
 
 
 def replay_pairs(
