@@ -79,10 +79,10 @@ def test_quick_mode_runs_every_arm_and_resumes_from_its_cache(tiny, tmp_path):
         assert 0.0 <= row["contains"]["mean"] <= 1.0
         assert row["nll_per_byte"]["mean"] > 0
     assert domain["arms"]["seeds_only"]["pairs"] == [5]
-    # the replay arms train on their pool's pairs and the target's own answers, 0.25 per pair
-    for arm, pool in (("entities_replay", "entities"), ("full_replay", "full")):
+    # the replay arms train on their pool's pairs and the target's own answers, 0.25 per pair and at least 32
+    for arm, pool in (("entities_replay", "entities"), ("full_replay", "full"), ("seeds_replay", "seeds_only")):
         row, plain = domain["arms"][arm], domain["arms"][pool]
-        assert row["pairs"] == plain["pairs"] and row["replayed"] == [round(0.25 * plain["pairs"][0])], arm
+        assert row["pairs"] == plain["pairs"] and row["replayed"] == [max(32, round(0.25 * plain["pairs"][0]))], arm
         assert plain["replayed"] == [0]
     assert domain["arms"]["oracle"]["pairs"] == [transfer.QUICK["pairs"]]
     refs = domain["references"]
@@ -155,7 +155,7 @@ def test_each_arm_is_one_registered_entry_and_the_readme_and_help_are_made_from_
     assert transfer.ARMS == (
         "seeds_only", "no_selection", "one_round", "full", "token_level", "oracle", "full_aug", "oracle_aug",
         "entities", "sample", "full_contrast", "full_token_gap", "entities_contrast", "follow_contrast",
-        "entities_replay", "full_replay",
+        "entities_replay", "full_replay", "seeds_replay",
     )  # fmt: skip
     assert transfer.DEFAULT_ARMS == (
         "seeds_only", "no_selection", "full", "oracle", "entities", "entities_contrast", "follow_contrast",

@@ -294,6 +294,14 @@ class FullReplay(Arm):
     train = REPLAY
 
 
+@register
+class SeedsReplay(SeedsOnly):
+    name = "seeds_replay"
+    description = "seeds_only's pairs plus the target's own answers to general prompts, as entities_replay"
+    default = False
+    train = REPLAY
+
+
 def _check_pools() -> None:
     """An arm trains on no pool (its pairs come from elsewhere) or on one that an arm grows."""
     for arm in REGISTRY.values():
