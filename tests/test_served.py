@@ -4,19 +4,14 @@ log-probs, replies and kept pool as in-process, and one-line errors for what a s
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import sqlite3
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import recipe_dict, write_recipe
+from servers import ServerProcess, free_port
 
 from tskd_lite import pipeline
 from tskd_lite.backends import open_backend
@@ -35,43 +30,23 @@ PAIRS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
-    """`python -m llama_cpp.server` on one GGUF, on 127.0.0.1 and a free port; stopped by its pid."""
+    """`python -m llama_cpp.server` on one GGUF (tests/servers.py: a free port, stopped by its pid)."""
 
     def __init__(self, model: Path, name: str) -> None:
-        self.name, self.port = name, _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.name, self.port = name, free_port()
         args = ["--model", str(model), "--model_alias", name, "--host", "127.0.0.1", "--port", str(self.port)]
         args += ["--n_ctx", str(N_CTX), "--n_threads", "1", "--n_threads_batch", "1", "--verbose", "false"]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        self.process = ServerProcess(
+            [sys.executable, "-m", "llama_cpp.server", *args], self.port, f"llama_cpp.server for {model}", timeout=60
         )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(self.url + "/v1/models", timeout=2) as r:
-                    if json.load(r)["data"]:
-                        break
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"llama_cpp.server for {model} did not come up on port {self.port}")
-            time.sleep(0.2)
+        self.url = self.process.url
 
     def spec(self, model: Path | None = None, **kw) -> ModelSpec:
         return ModelSpec(model=model, backend="openai", url=self.url, served_model=self.name, n_ctx=N_CTX, **kw)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+        self.process.stop()
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +124,7 @@ def test_an_unknown_model_name_is_refused_naming_url_and_model(servers):
 
 
 def test_a_stopped_server_is_one_line(quick_retries):
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     spec = ModelSpec(backend="openai", url=url, served_model="teacher", chat_template="{{ 1 }}")
     with pytest.raises(TskdError, match="server is not answering") as e:
         open_backend(spec, role="base")

