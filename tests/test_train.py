@@ -452,15 +452,15 @@ builtins.__import__ = _with_avx512_bf16
 
 
 def test_bitsandbytes_absent_hub_kernel_warning_is_not_shown():
-    warning = "Failed to load CPU gemm_4bit_forward from kernels-community"
+    warnings = ("Failed to load CPU gemm_4bit_forward from kernels-community", "Skipping publisher trust check")
     loud = subprocess.run([sys.executable, "-c", AVX512_BF16 + "import peft"], capture_output=True, text=True)
-    if warning not in loud.stderr + loud.stdout:
+    if not any(w in loud.stderr + loud.stdout for w in warnings):
         pytest.skip("this bitsandbytes does not warn about a Hub kernel, even on a CPU with AVX-512 BF16")
     # peft imports bitsandbytes, anywhere in tskd_lite or bench/: importing tskd_lite first is enough
     code = AVX512_BF16 + "import tskd_lite, peft"
     quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert quiet.returncode == 0, quiet.stderr
-    assert warning not in quiet.stderr + quiet.stdout, quiet.stderr
+    assert not any(w in quiet.stderr + quiet.stdout for w in warnings), quiet.stderr
 
 
 def test_only_that_warning_of_bitsandbytes_is_dropped(caplog):
@@ -480,3 +480,17 @@ def test_only_that_warning_of_bitsandbytes_is_dropped(caplog):
         logger.warning("some other warning")
         logger.error("an error")
     assert [r.getMessage() for r in caplog.records] == ["some other warning", "an error"]
+
+
+def test_only_that_record_of_kernels_is_dropped(caplog):
+    """kernels (installed by transformers) logs, offline, that it skips a trust check for bitsandbytes' kernel: that
+    record is dropped, the same check for another repository is not."""
+    import logging
+
+    logger = logging.getLogger("kernels._internals.hf_hub")
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        for repo in ("kernels-community/quantization-bitsandbytes", "someone/other-kernel"):
+            logger.warning(f"Skipping publisher trust check for '{repo}' because Hugging Face Hub is in offline mode.")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Skipping publisher trust check for 'someone/other-kernel' because Hugging Face Hub is in offline mode."
+    ]
