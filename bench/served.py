@@ -68,8 +68,8 @@ def run() -> list[dict]:
     model_dir = hf_dir(Target(model=SMOLLM2), log=lambda _: None)  # the fp32 safetensors copy of the GGUF
     local = open_backend(ModelSpec(model=SMOLLM2, n_ctx=512), role="teacher", parallel=8)
     pairs = [(local.render(p), a) for p in PROMPTS for a in ANSWERS]
-    _, t_local = _best(local.score_answers, pairs)
-    n_local = sum(len(local.tokenize_prompt(r)) + len(local.tokenize_answer(a)) for r, a in pairs)
+    scored, t_local = _best(local.score_answers, pairs)
+    n_local = sum(s.n_tokens for s in scored)
     local.close()
     with tempfile.TemporaryDirectory(prefix="bench-served-") as scratch:
         server = _start(model_dir, Path(scratch) / "vllm.log")
