@@ -109,10 +109,14 @@ def _served_rows(url: str, pairs: list[tuple[str, str]], start_s: float) -> list
 def main() -> None:
     if not available():
         raise SystemExit(f"no {VLLM_PYTHON}: run `just setup-vllm` first")
-    rows = run()
-    for r in rows:
+    lines = ["| path | tokens | seconds | tokens/s | ratio | note |", "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for r in run():
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
-        print(f"| {r['path']} | {r['tokens']} | {r['seconds']} | {r['tokens_per_s']} | {ratio} | {r['note']} |")
+        lines.append(f"| {r['path']} | {r['tokens']} | {r['seconds']} | {r['tokens_per_s']} | {ratio} | {r['note']} |")
+    table = "\n".join(lines)
+    out = ROOT / "bench" / "results-served.md"
+    out.write_text(f"Written by `just bench-served` (`python bench/served.py`, {os.cpu_count()} cores).\n\n{table}\n")
+    print(f"{table}\n\nwritten to {out}")
 
 
 if __name__ == "__main__":
