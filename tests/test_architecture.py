@@ -74,6 +74,7 @@ def test_no_function_is_longer_than_80_lines():
 
 def test_one_file_reaches_into_llama_cpp_python():
     root = PACKAGE.parent
-    pattern = re.compile(r"_internals|\._model\b|_lora_adapter|llama_cpp\.llama_")
+    # llama-cpp-python's private names; kernels' logger "kernels._internals.hf_hub" (tskd_lite/__init__.py) is not one
+    pattern = re.compile(r"(?<!kernels\.)_internals|\._model\b|_lora_adapter|llama_cpp\.llama_")
     files = [p for d in ("tskd_lite", "bench") for p in (root / d).rglob("*.py") if pattern.search(p.read_text())]
     assert [str(p.relative_to(root)) for p in files] == ["tskd_lite/backends/llama_cpp.py"]
