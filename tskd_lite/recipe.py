@@ -264,7 +264,7 @@ class Train:
     replay: float = _number_in(0.25, 0, 10)
     # ... and at least this many where replay is on: 0.25 per pair is 3-5 answers beside a pool of a dozen pairs,
     # which did not keep what the target knew on countries; the floor makes a tiny pool train mostly on the
-    # target's own answers (docs/benchmark.md, "A replay floor")
+    # target's own answers (docs/benchmark.md, "A replay floor on countries")
     replay_min: int = _int_in(32, 0, MAX_COUNT)
     replay_prompts: Path | None = None  # one prompt per line (default: the bundled general prompts)
     quantize: str = _one_of("auto", "auto", "nf4", "none")
