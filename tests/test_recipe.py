@@ -190,7 +190,7 @@ def test_a_key_added_since_a_run_was_made_counts_as_its_default():
         ("select", "Tau", 1.5, 'select.Tau: unknown key, did you mean "select.tau"?'),  # TOML keys are case-exact
         ("expand", "tau", 1.5, 'expand.tau: unknown key, did you mean "select.tau"?'),  # a key in the wrong table
         (None, "rounds", 2, 'rounds: unknown key, did you mean "expand.rounds"?'),  # a table's key at the top
-        ("select", "zzz", 1, "select.zzz: unknown key (select takes: contrast_swaps, max_teacher_ppl,"),
+        ("select", "zzz", 1, "select.zzz: unknown key (select takes: agreement_samples, agreement_temperature,"),
     ],
 )
 def test_an_unknown_key_is_one_line_naming_the_file_the_key_and_the_likely_one(

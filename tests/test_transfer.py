@@ -155,7 +155,7 @@ def test_each_arm_is_one_registered_entry_and_the_readme_and_help_are_made_from_
     assert transfer.ARMS == (
         "seeds_only", "no_selection", "one_round", "full", "token_level", "oracle", "full_aug", "oracle_aug",
         "entities", "sample", "full_contrast", "full_token_gap", "entities_contrast", "follow_contrast",
-        "entities_replay", "full_replay", "seeds_replay",
+        "entities_replay", "full_replay", "seeds_replay", "follow_agreement",
     )  # fmt: skip
     assert transfer.DEFAULT_ARMS == (
         "seeds_only", "no_selection", "full", "oracle", "entities", "entities_contrast", "follow_contrast",
@@ -163,7 +163,7 @@ def test_each_arm_is_one_registered_entry_and_the_readme_and_help_are_made_from_
     )  # fmt: skip
     assert transfer.POOLS == (
         "full", "no_selection", "one_round", "full_aug", "entities", "sample", "full_contrast", "full_token_gap",
-        "entities_contrast", "follow_contrast",
+        "entities_contrast", "follow_contrast", "follow_agreement",
     )  # fmt: skip
     assert {a: arms.REGISTRY[a].pool for a in ("seeds_only", "token_level", "oracle", "oracle_aug")} == {
         "seeds_only": "full", "token_level": "full", "oracle": None, "oracle_aug": None,
@@ -204,6 +204,7 @@ def test_pool_overrides_and_cache_paths_are_those_the_cached_runs_were_made_with
         "full_token_gap": {"expand": every, "select": {"rule": "token_gap"}},
         "entities_contrast": {"expand": entities} | contrast,
         "follow_contrast": {"expand": {**every_name, "strategy": "follow"}} | contrast,
+        "follow_agreement": {"expand": {**every_name, "strategy": "follow"}, "select": {"rule": "agreement"}},
     }
     assert {pool: arms.REGISTRY[pool].overrides(domain) for pool in transfer.POOLS} == expected
     with pytest.raises(NotImplementedError):

@@ -264,3 +264,15 @@ def m008_readable_times_and_tokens(db: sqlite_utils.Database) -> None:
     db.create_view("runs_readable", RUNS_READABLE_VIEW, ignore=True)
     db.create_view("timeline", TIMELINE_VIEW, ignore=True)
     db.create_view("answer_tokens", ANSWER_TOKENS_VIEW, ignore=True)
+
+
+@migration
+def m009_agreements(db: sqlite_utils.Database) -> None:
+    """The agreement keep rule's measure per scored pair: the teacher's sampled answers and how far they repeat
+    the kept answer's claims (tskd_lite/agreement.py)."""
+    db["agreements"].create(
+        {"prompt_id": int, "agreement": float, "samples": str, "seconds": float},
+        pk="prompt_id",
+        foreign_keys=[("prompt_id", "prompts", "id")],
+        if_not_exists=True,
+    )

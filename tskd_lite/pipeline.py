@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tskd_lite import contrast, expand, gguf_meta, rundir
+from tskd_lite import agreement, contrast, expand, gguf_meta, rundir
 from tskd_lite.backends import Backend, backend_class, open_backend
 from tskd_lite.dedup import Pool, normalise
 from tskd_lite.errors import TskdError
@@ -680,8 +680,45 @@ def _contrast(c: _Run, round_: int) -> None:
             bar.update(len(group))
 
 
+def _agreement(c: _Run, round_: int) -> None:
+    """The teacher answers each scored pair's prompt again, agreement_samples times by sampling (each sample its
+    own seed), and the pair's agreement is how far the samples repeat its answer's claims (tskd_lite/agreement.py);
+    committed a group at a time."""
+    store, run_id, recipe, teacher = c.store, c.run_id, c.recipe, c.models.teacher
+    todo = store.unagreed(run_id, round_)
+    if not todo:
+        return
+    cfg, k = recipe.select, recipe.select.agreement_samples
+    with _bar(c.progress, f"round {round_} agreement", len(todo)) as bar:
+        for group in _groups(todo, max(1, recipe.parallel // k)):
+            t0 = time.perf_counter()
+            gens = teacher.generate(
+                [teacher.render(r["prompt"]) for r in group for _ in range(k)],
+                max_tokens=recipe.respond.max_answer_tokens,
+                temperature=cfg.agreement_temperature,
+                top_p=1.0,
+                seeds=[
+                    expand.item_seed(recipe.seed, "agreement", round_, r["idx"], j) for r in group for j in range(k)
+                ],
+            )
+            seconds = (time.perf_counter() - t0) / len(group)
+            rows = []
+            for i, r in enumerate(group):
+                samples = [g.text.strip() for g in gens[i * k : (i + 1) * k]]
+                rows.append(
+                    {
+                        "prompt_id": r["id"],
+                        "agreement": agreement.agreement(r["prompt"], r["answer"], samples),
+                        "samples": json.dumps(samples),
+                        "seconds": seconds,
+                    }
+                )
+            store.add_agreements(rows)
+            bar.update(len(group))
+
+
 # What a keep rule may ask to be measured before it selects (select.Rule.needs), by name.
-MEASUREMENTS = {"contrast": _contrast}
+MEASUREMENTS = {"contrast": _contrast, "agreement": _agreement}
 
 
 def _select(c: _Run, round_: int, stage: str) -> dict:

@@ -170,7 +170,8 @@ class Respond:
 class Select:
     """Keep rule. ppl_ratio: PPL_base / PPL_teacher >= tau (TuneShift-KD); top_fraction: the best share of a round;
     contrast: ppl_ratio's test and the contrast test below, ranked by contrast; token_gap: the mean lift of the
-    answer's top quarter of tokens >= log(tau) (TiTok's token-level gap as a keep rule), ranked by it.
+    answer's top quarter of tokens >= log(tau) (TiTok's token-level gap as a keep rule), ranked by it; agreement:
+    ppl_ratio's test and the agreement test below, ranked by the gap.
 
     top_fraction below 1 also caps ppl_ratio to that share of the round; max_teacher_ppl drops answers the teacher
     itself finds unlikely (degenerate or truncated output).
@@ -183,6 +184,12 @@ class Select:
     # averaged over contrast_swaps swaps: the teacher knows, rather than guesses or echoes
     min_contrast: float = _number_in(1.0, 0, 1e6)
     contrast_swaps: int = _int_in(2, 1, 8)
+    # agreement: also keep only answers whose names and numbers (content words where it has none) the teacher
+    # repeats in at least min_agreement of them on average across agreement_samples answers sampled at
+    # agreement_temperature (tskd_lite/agreement.py, after SelfCheckGPT): it knows, rather than guesses
+    min_agreement: float = _number_in(0.5, 0, 1)
+    agreement_samples: int = _int_in(4, 1, 16)
+    agreement_temperature: float = _number_in(1.0, 0, 10, open_low=True)
     top_fraction: float = _unit_interval(1.0)
     max_teacher_ppl: float | None = _number_in(None, 1, 1e12, open_low=True)
     min_answer_tokens: int = _positive_int(1, MAX_TOKENS)

@@ -153,12 +153,14 @@ def _selection(recipe: dict, pairs: list[dict], unit: str | None) -> dict:
     return {
         "rule": rule,
         "tau": None if rule == "top_fraction" else tau,
-        # ppl_ratio and contrast keep gap >= ln tau; token_gap compares ln tau with another measure
-        "gap_threshold": math.log(tau) if rule in ("ppl_ratio", "contrast") and tau else None,
+        # ppl_ratio, contrast and agreement keep gap >= ln tau; token_gap compares ln tau with another measure
+        "gap_threshold": math.log(tau) if rule in ("ppl_ratio", "contrast", "agreement") and tau else None,
         "top_fraction": recipe.get("select.top_fraction"),
         "min_answer_tokens": recipe.get("select.min_answer_tokens"),
         "max_teacher_ppl": recipe.get("select.max_teacher_ppl"),
         "min_contrast": recipe.get("select.min_contrast"),
+        "min_agreement": recipe.get("select.min_agreement"),
+        "agreement_samples": recipe.get("select.agreement_samples"),
         "unit": unit,
         "scored": len(pairs),
         "decided": len(decided),
@@ -238,7 +240,16 @@ def _models(recipe: dict, identities: dict | None) -> dict:
 KEY_SETTINGS = {
     "expand": ("strategy", "rounds", "candidates_per_round", "target_kept", "few_shot", "paraphrases", "entities"),
     "respond": ("max_answer_tokens", "temperature"),
-    "select": ("rule", "tau", "min_answer_tokens", "max_teacher_ppl", "top_fraction", "min_contrast"),
+    "select": (
+        "rule",
+        "tau",
+        "min_answer_tokens",
+        "max_teacher_ppl",
+        "top_fraction",
+        "min_contrast",
+        "min_agreement",
+        "agreement_samples",
+    ),
     "train": ("rank", "alpha", "epochs", "learning_rate", "batch_size", "max_seq_len", "replay", "patience"),
     "eval": ("file", "limit", "max_answer_tokens"),
 }
@@ -256,6 +267,8 @@ def _settings(recipe: dict) -> dict:
         ("tau", rule != "top_fraction"),
         ("top_fraction", rule == "top_fraction" or recipe.get("select.top_fraction") != 1.0),
         ("min_contrast", rule == "contrast"),
+        ("min_agreement", rule == "agreement"),
+        ("agreement_samples", rule == "agreement"),
     ):
         if not applies:
             select.pop(key, None)

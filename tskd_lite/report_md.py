@@ -124,6 +124,11 @@ def keep_rule(s: dict) -> str:
         )
         if s["rule"] == "contrast":
             text += f", and its contrast ≥ min_contrast {s['min_contrast']:g}"
+        if s["rule"] == "agreement":
+            text += (
+                f", and {s['agreement_samples']} sampled answers repeat at least {s['min_agreement']:g} of its names "
+                "and numbers on average"
+            )
     text += f"; answers shorter than {s['min_answer_tokens']} tokens are rejected"
     if s.get("max_teacher_ppl") is not None:
         text += f", as are those the teacher finds less likely than PPL {s['max_teacher_ppl']:g}"

@@ -68,6 +68,14 @@ def _token_passes(row: dict, rule: Select) -> str:
     return f"top-token lift {_token_lift(row):.3g} >= log(tau) {math.log(rule.tau):.3g}"
 
 
+def _agreement_fails(row: dict, rule: Select) -> str | None:
+    if row.get("agreement") is None:
+        return "the answer claims no name, number or word beyond the prompt's to check"
+    if row["agreement"] < rule.min_agreement:
+        return f"agreement {row['agreement']:.2f} < min_agreement {rule.min_agreement:g}"
+    return _ratio_fails(row, rule)
+
+
 RULES: Registry[Rule] = Registry("keep rule")
 RULES.register("ppl_ratio")(Rule(_ratio_fails, lambda row: row["gap"], describe=_ratio_passes))
 RULES.register("top_fraction")(Rule(lambda row, rule: None, lambda row: row["gap"]))
@@ -82,6 +90,16 @@ RULES.register("contrast")(
     )
 )
 RULES.register("token_gap")(Rule(_token_fails, _token_lift, describe=_token_passes))
+RULES.register("agreement")(
+    Rule(
+        _agreement_fails,
+        lambda row: row["gap"],
+        needs=("agreement",),
+        describe=lambda row, rule: (
+            f"{_ratio_passes(row, rule)}, agreement {row['agreement']:.2f} >= min_agreement {rule.min_agreement:g}"
+        ),
+    )
+)
 
 
 def decide(scored: list[dict], rule: Select) -> list[tuple[bool, str]]:

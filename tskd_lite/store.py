@@ -269,13 +269,16 @@ class Store:
             self.db["scores"].insert_all(rows)
 
     def scored(self, run_id: int, round_: int) -> list[dict]:
-        # a store from before contrasts, opened read-only, has no such table to join
-        contrasts = "contrasts" in self.db.table_names()
+        # a store from before contrasts or agreements, opened read-only, has no such table to join
+        tables = set(self.db.table_names())
+        contrasts, agreements = "contrasts" in tables, "agreements" in tables
         return list(
             self.db.query(
-                f"""select p.id, p.idx, p.source, s.*, {"c.contrast" if contrasts else "null as contrast"}
+                f"""select p.id, p.idx, p.source, s.*, {"c.contrast" if contrasts else "null as contrast"},
+               {"g.agreement" if agreements else "null as agreement"}
                from prompts p join scores s on s.prompt_id = p.id
                {"left join contrasts c on c.prompt_id = p.id" if contrasts else ""}
+               {"left join agreements g on g.prompt_id = p.id" if agreements else ""}
                where p.run_id = ? and p.round = ? order by p.idx""",
                 [run_id, round_],
             )
@@ -296,6 +299,22 @@ class Store:
     def add_contrasts(self, rows: list[dict]) -> None:
         with self.transaction():
             self.db["contrasts"].insert_all(rows)
+
+    def unagreed(self, run_id: int, round_: int) -> list[dict]:
+        """The round's scored pairs that have no agreement yet."""
+        return list(
+            self.db.query(
+                """select p.id, p.idx, p.text as prompt, a.text as answer
+               from prompts p join answers a on a.prompt_id = p.id join scores s on s.prompt_id = p.id
+               left join agreements g on g.prompt_id = p.id
+               where p.run_id = ? and p.round = ? and g.prompt_id is null order by p.idx""",
+                [run_id, round_],
+            )
+        )
+
+    def add_agreements(self, rows: list[dict]) -> None:
+        with self.transaction():
+            self.db["agreements"].insert_all(rows)
 
     # selection ------------------------------------------------------------------------------------------
 

@@ -302,6 +302,18 @@ class SeedsReplay(SeedsOnly):
     train = REPLAY
 
 
+@register
+class FollowAgreement(Arm):
+    name = "follow_agreement"
+    description = (
+        'follow\'s names, no list, agreement rule (`select.rule = "agreement"`: 4 sampled answers repeat its names)'
+    )
+    default = False
+
+    def overrides(self, domain: Domain) -> dict:
+        return {"expand": {**EVERY_NAME, "strategy": "follow"}, "select": {"rule": "agreement"}}
+
+
 def _check_pools() -> None:
     """An arm trains on no pool (its pairs come from elsewhere) or on one that an arm grows."""
     for arm in REGISTRY.values():
