@@ -13,13 +13,13 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
 from tqdm import tqdm
 
-from tskd_lite import agreement, contrast, expand, gguf_meta, rundir
+from tskd_lite import agreement, contrast, expand, gguf_meta, quantize, rundir
 from tskd_lite.backends import Backend, backend_class, open_backend
 from tskd_lite.dedup import Pool, normalise
 from tskd_lite.errors import TskdError
@@ -53,6 +53,12 @@ class _Models:
     def _load(self, role: str) -> Backend:
         spec = getattr(self.recipe, role) if role != "generator" else self.recipe.generator_spec
         self.log(f"loading {role}: {describe_model(spec, lambda path: path.name)}")
+        if spec.requantize is not None:  # the copy lives in the run folder, claimed first as every output is
+            out = self.recipe.output
+            rundir.claim(out.run_dir, out.db, None, f"{self.recipe.path}: output.dir", self.recipe.path)
+            folder = out.run_dir / "weights"
+            spec = replace(spec, model=quantize.cached(spec.model, spec.requantize, folder, self.recipe.threads))
+            self.log(f"{role}: scoring and writing with its {spec.requantize} copy {spec.model}")
         return open_backend(spec, role=role, threads=self.recipe.threads, parallel=self.recipe.parallel)
 
     @cached_property
@@ -76,7 +82,8 @@ class _Models:
 def describe_model(spec: ModelSpec, name: Callable[[Path], str] = str) -> str:
     """A model as the log and `check` name it: its file and LoRA, or its name on the server that serves it."""
     model = name(spec.model) if spec.url is None else f"{spec.served_model} at {spec.url}"
-    return model + (f" + LoRA {name(spec.lora)}" if spec.lora else "")
+    copy = f" (as a {spec.requantize} copy)" if spec.requantize else ""
+    return model + copy + (f" + LoRA {name(spec.lora)}" if spec.lora else "")
 
 
 def _logged(command: str) -> Callable:

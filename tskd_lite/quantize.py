@@ -7,13 +7,14 @@ re-encodes 4- and 5-bit weights with little change to the model; the benchmark r
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 
 from tskd_lite import atomic
 from tskd_lite.errors import TskdError
-from tskd_lite.gguf_meta import check_gguf
+from tskd_lite.gguf_meta import check_gguf, identity
 
 TYPES = ("q8_0", "q4_0", "f16")
 
@@ -38,4 +39,14 @@ def requantize(src: Path, dst: Path, kind: str, threads: int = 0, *, overwrite: 
         raise TskdError(f"{src}: llama.cpp could not re-encode it as {kind}")
     tmp.replace(dst)
     atomic.fsync_dir(dst.parent)
+    return dst
+
+
+def cached(src: Path, kind: str, folder: Path, threads: int = 0) -> Path:
+    """src re-encoded as `kind` in folder, made once: the copy's name carries the hash of the source's identity,
+    so a replaced source gets a new copy and an interrupted one leaves only a .part file, never a partial copy."""
+    key = hashlib.sha256(identity(src).encode()).hexdigest()[:12]
+    dst = folder / f"{src.stem}.{kind}.{key}.gguf"
+    if not dst.is_file():
+        requantize(src, dst, kind, threads)
     return dst

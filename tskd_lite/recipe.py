@@ -27,6 +27,7 @@ from tskd_lite.errors import TskdError
 from tskd_lite.gguf_meta import check_gguf
 from tskd_lite.hf import check_hf_folder
 from tskd_lite.jsonl import check_input_file, read_eval_file, read_jsonl, read_lines
+from tskd_lite.quantize import TYPES as REQUANTIZE_TYPES
 from tskd_lite.registry import Registry
 from tskd_lite.select import RULES
 from tskd_lite.strategies import MAX_CANDIDATES, STRATEGIES
@@ -111,6 +112,9 @@ class ModelSpec:
     # backend = "transformers" only: the weights' type. "auto": float32 on the CPU, bfloat16 on a CUDA GPU that has
     # it; "nf4": 4-bit (bitsandbytes), for a model too big for the GPU otherwise
     dtype: str = _one_of("auto", "auto", "float32", "bfloat16", "nf4")
+    # backend = "llama_cpp" only: re-encode the GGUF's weights once ("q8_0" scores about 1.5x faster than Q4_1 on a
+    # CPU, bench/results.md) into the run folder's weights/ and load that copy; the recipe's file is only read
+    requantize: str | None = _ranged(None, lambda v: v in REQUANTIZE_TYPES, "one of " + ", ".join(REQUANTIZE_TYPES))
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ OUR_NAMES = (
     "outputs.lock",
     "error.log",
     "run.log",
+    "weights",  # model copies re-encoded for scoring (a model's requantize key)
 )
 
 

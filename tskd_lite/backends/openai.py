@@ -292,6 +292,8 @@ class OpenAIServer(ChatTurns):
             raise TskdError(f"{where}.lora: a served model takes no lora (serve the adapter, name it in served_model)")
         if spec.dtype != "auto":
             raise TskdError(f"{where}.dtype: a served model takes no dtype (the server chooses its weights' types)")
+        if spec.requantize is not None:
+            raise TskdError(f"{where}.requantize: a served model takes no requantize (the server loads its weights)")
         if spec.model is not None:
             gguf_meta.check_gguf(spec.model, f"{where}.model")
         elif not spec.chat_template:

@@ -54,6 +54,8 @@ class Transformers(InGroups, ChatTurns):
     @classmethod
     def check(cls, spec: ModelSpec, where: str) -> None:
         check_in_process(spec, where)
+        if spec.requantize is not None:
+            raise TskdError(f'{where}.requantize: only backend = "llama_cpp" takes it (it re-encodes a GGUF)')
         check_hf_folder(spec.model, f"{where}.model", tokenizer=True)
         if spec.lora is not None:
             check_adapter(spec.lora, spec.model, f"{where}.lora")
