@@ -18,10 +18,10 @@ from tskd_lite.recipe import Expand, ModelSpec, load_recipe
 ENTITIES = ["water", "milk", "olive oil", "spider", "ant", "French", "German"]
 
 
-def _round(pool_texts, entities, seed=0, earlier=(), answers=()):
+def _round(pool_texts, entities, seed=0, earlier=(), answers=(), open_forms=()):
     pool = [{"id": i + 1, "text": t} for i, t in enumerate(pool_texts)]
     return strategies.Round(
-        cfg=Expand(strategy="entities", entities=tuple(entities), candidates_per_round=3),
+        cfg=Expand(strategy="entities", entities=tuple(entities), candidates_per_round=3, open_forms=open_forms),
         seed=seed,
         number=1,
         pool=pool,
@@ -47,6 +47,27 @@ def test_entities_asks_each_form_about_every_other_name():
     assert again.candidates == s.candidates
     orders = {tuple(strategies.Entities(_round(pool, names, seed=k)).candidates) for k in range(8)}
     assert len(orders) > 1
+
+
+def test_each_name_is_asked_the_open_forms_beside_the_pools_own():
+    pool = ["Where does Ada Lin live?"]
+    forms = ("Tell me about {name}.", "Who is {name}?")
+    s = strategies.Entities(_round(pool, ["Ada Lin", "Bo Kra"], earlier=["Who is Bo Kra?"], open_forms=forms))
+    # every name gets every open form, the one a seed names too; a text already in the run is not asked again
+    assert {t for t, _, _ in s.candidates} == {
+        "Where does Bo Kra live?", "Tell me about Ada Lin.", "Who is Ada Lin?", "Tell me about Bo Kra.",
+    }  # fmt: skip
+    asks = [s.ask(i) for i in range(len(s.candidates))]
+    open_ask = next(a for a in asks if a.prompt == "Tell me about Bo Kra.")
+    assert open_ask.sources == () and open_ask.inputs == {"entity": "Bo Kra", "form": "open"}
+    assert Expand().open_forms == ()  # opt-in until the benchmark has measured it on every domain
+
+
+def test_open_forms_without_a_name_slot_are_one_line(tiny, tmp_path):
+    raw = recipe_dict(tiny, tmp_path / "r.db")
+    raw["expand"]["open_forms"] = ["Tell me about it."]
+    with pytest.raises(TskdError, match=r"expand\.open_forms: expected a list of texts each containing \{name\}"):
+        load_recipe(write_recipe(tmp_path / "r.toml", raw))
 
 
 def test_follow_asks_about_the_names_the_answers_bring_up():

@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 from bench import transfer  # noqa: E402
 from bench.transfer import arms  # noqa: E402
 from bench.transfer.cache import Layout  # noqa: E402
+from tskd_lite.recipe import OPEN_FORMS  # noqa: E402
 
 RAW = "{{ messages[0]['content'] }}"
 
@@ -156,6 +157,7 @@ def test_each_arm_is_one_registered_entry_and_the_readme_and_help_are_made_from_
         "seeds_only", "no_selection", "one_round", "full", "token_level", "oracle", "full_aug", "oracle_aug",
         "entities", "sample", "full_contrast", "full_token_gap", "entities_contrast", "follow_contrast",
         "entities_replay", "full_replay", "seeds_replay", "follow_agreement",
+        "entities_open_replay", "follow_open_agreement",
     )  # fmt: skip
     assert transfer.DEFAULT_ARMS == (
         "seeds_only", "no_selection", "full", "oracle", "entities", "entities_contrast", "follow_contrast",
@@ -164,13 +166,14 @@ def test_each_arm_is_one_registered_entry_and_the_readme_and_help_are_made_from_
     assert transfer.POOLS == (
         "full", "no_selection", "one_round", "full_aug", "entities", "sample", "full_contrast", "full_token_gap",
         "entities_contrast", "follow_contrast", "follow_agreement",
+        "entities_open_replay", "follow_open_agreement",
     )  # fmt: skip
     assert {a: arms.REGISTRY[a].pool for a in ("seeds_only", "token_level", "oracle", "oracle_aug")} == {
         "seeds_only": "full", "token_level": "full", "oracle": None, "oracle_aug": None,
     }  # fmt: skip
     assert arms.pools_of(["oracle", "entities", "seeds_only"]) == ["full", "entities"]
     needing = [a for a in transfer.ARMS if arms.REGISTRY[a].needs_entities]
-    assert needing == ["entities", "entities_contrast", "entities_replay"]
+    assert needing == ["entities", "entities_contrast", "entities_replay", "entities_open_replay"]
     benchmark_page = (ROOT / "docs" / "benchmark.md").read_text()
     assert arms.readme_table() in benchmark_page, (
         "docs/benchmark.md's arms table is out of date; it should read:\n" + arms.readme_table()
@@ -205,6 +208,11 @@ def test_pool_overrides_and_cache_paths_are_those_the_cached_runs_were_made_with
         "entities_contrast": {"expand": entities} | contrast,
         "follow_contrast": {"expand": {**every_name, "strategy": "follow"}} | contrast,
         "follow_agreement": {"expand": {**every_name, "strategy": "follow"}, "select": {"rule": "agreement"}},
+        "entities_open_replay": {"expand": {**entities, "open_forms": list(OPEN_FORMS)}},
+        "follow_open_agreement": {
+            "expand": {**every_name, "strategy": "follow", "open_forms": list(OPEN_FORMS)},
+            "select": {"rule": "agreement"},
+        },
     }
     assert {pool: arms.REGISTRY[pool].overrides(domain) for pool in transfer.POOLS} == expected
     with pytest.raises(NotImplementedError):

@@ -125,6 +125,9 @@ class Seeds:
     file: Path | None = None
 
 
+OPEN_FORMS = ("Tell me about {name}.", "What do you know about {name}?")
+
+
 @dataclass(frozen=True)
 class Expand:
     # fewshot: the generator writes a new prompt from examples in its chat template (the paper's); continue: it
@@ -137,6 +140,15 @@ class Expand:
     # names only (a catalogue, a directory), inline or one per line in a file: what the entities strategy fills in
     entities: tuple[str, ...] = ()
     entities_file: Path | None = None
+    # entities and follow: besides the pool's own questions, each name is asked these open questions ({name} filled
+    # in). The seeds' forms reach only the attributes the seeds ask about; an open question lets the teacher say
+    # what it knows of the name whatever the forms (on the connected domain a person's role, which no seed asks,
+    # is a third of the held-out facts). Unset: only the pool's forms; OPEN_FORMS are the benchmark's.
+    open_forms: tuple[str, ...] = _ranged(
+        (),
+        lambda v: all("{name}" in f for f in v),
+        "a list of texts each containing {name}",
+    )
     rounds: int = _int_in(3, 0, 1000, "0: the seeds only")
     # Unset, both are sized by the strategy from what the recipe gives (strategies.py, `sized`): a writing
     # strategy 32 prompts a round and a stop at 64 kept pairs; entities and follow every form x name, no stop

@@ -121,9 +121,10 @@ class Sample(Fewshot):
 @STRATEGIES.register("entities")
 class Entities:
     """Every prompt of the few-shot pool that names a listed entity, asked again about each other entity
-    (templates x entities): from a list of names only, without their facts, the pool reaches every entity the
-    user can name, which few-shot writing does not (a fine-tuned teacher rarely writes names it only saw asked
-    about). Candidates new to the run are shuffled by the run seed; a round takes up to candidates_per_round."""
+    (templates x entities), and each entity asked the open questions of expand.open_forms: from a list of names
+    only, without their facts, the pool reaches every entity the user can name, which few-shot writing does not (a
+    fine-tuned teacher rarely writes names it only saw asked about). Candidates new to the run are shuffled by the
+    run seed; a round takes up to candidates_per_round."""
 
     writer = None
 
@@ -161,9 +162,15 @@ class Entities:
         return self.r.cfg.entities
 
     @cached_property
-    def candidates(self) -> list[tuple[str, int, str]]:
-        out: dict[str, tuple[str, int, str]] = {}
+    def candidates(self) -> list[tuple[str, int | None, str]]:
+        out: dict[str, tuple[str, int | None, str]] = {}
         names = self.names
+        for form in self.r.cfg.open_forms:  # made from no prompt of the pool: source None
+            for name in names:
+                text = form.replace("{name}", name)
+                norm = normalise(text)
+                if norm not in self.r.earlier and norm not in out:
+                    out[norm] = (text, None, name)
         for prompt in self.r.pool:
             for name in names:
                 pattern = re.compile(rf"(?<!\w){re.escape(name)}(?!\w)")
@@ -183,6 +190,8 @@ class Entities:
 
     def ask(self, idx: int) -> Ask:
         text, source, entity = self.candidates[idx]
+        if source is None:
+            return Ask(prompt=text, inputs={"entity": entity, "form": "open"})
         return Ask(prompt=text, sources=(source,), inputs={"entity": entity})
 
 

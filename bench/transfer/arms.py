@@ -17,6 +17,7 @@ import textwrap
 from typing import TYPE_CHECKING, ClassVar
 
 from tskd_lite import pipeline
+from tskd_lite.recipe import OPEN_FORMS
 from tskd_lite.store import Store
 from tskd_lite.strategies import MAX_CANDIDATES
 from tskd_lite.train import read_pairs
@@ -312,6 +313,32 @@ class FollowAgreement(Arm):
 
     def overrides(self, domain: Domain) -> dict:
         return {"expand": {**EVERY_NAME, "strategy": "follow"}, "select": {"rule": "agreement"}}
+
+
+@register
+class EntitiesOpenReplay(Entities):
+    name = "entities_open_replay"
+    description = (
+        'entities_replay with each name also asked open questions (`expand.open_forms`: "Tell me about {name}.", '
+        '"What do you know about {name}?"): the attributes no seed asks about'
+    )
+    default = False
+    train = REPLAY
+
+    def overrides(self, domain: Domain) -> dict:
+        entities = super().overrides(domain)
+        return {"expand": {**entities["expand"], "open_forms": list(OPEN_FORMS)}}
+
+
+@register
+class FollowOpenAgreement(Arm):
+    name = "follow_open_agreement"
+    description = "follow_agreement with each name found also asked the open questions of entities_open_replay"
+    default = False
+
+    def overrides(self, domain: Domain) -> dict:
+        expand = {**EVERY_NAME, "strategy": "follow", "open_forms": list(OPEN_FORMS)}
+        return {"expand": expand, "select": {"rule": "agreement"}}
 
 
 def _check_pools() -> None:
