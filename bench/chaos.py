@@ -11,9 +11,16 @@ same command again to the end, and compares with the uninterrupted run:
   evaluation  the rows' scores equal
   SIGINT      exit status 130, one "Interrupted:" line, no traceback
 
+With --served, teacher and base are llama-cpp-python servers (`python -m llama_cpp.server`, one per model, on
+127.0.0.1) and each trial SIGKILLs both servers' process groups instead, at a moment drawn over the uninterrupted
+served run's pool stage (the only stage before evaluation that asks them anything). The run must then stop on its
+own: exit status != 0 and one "Error:" line naming a server's url, no traceback. The servers are started again on
+the same ports, the command is run again to the end and compared with an uninterrupted served run, as above.
+
 Writes --out (.md and .json) with every trial's kill time, the phase it landed in and the verdict.
 
     python bench/chaos.py --trials 50          # about 15 to 25 minutes on 2 cores
+    python bench/chaos.py --served --trials 10 # writes bench/chaos-served.md and .json
 """
 
 from __future__ import annotations
@@ -28,9 +35,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from servers import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -57,19 +66,24 @@ TABLES = {
     "order by p.round, p.idx",
     "rounds": "select round, n_kept from rounds order by round",
 }
+SERVED_ROLES = ("teacher", "base")
+# Seed 3 (the in-process harness's) draws a pool that the served backend refuses even with no kill: a scoring request
+# (max_tokens 1) on which llama-cpp-python's server runs on for 6 tokens, one of them with no echoed entry (a BOS-id
+# token), so the answer's entries are placed one token early ("a scoring response does not match the text sent
+# (its last tokens '^kQt' are not the generated 'kQt')"). Seed 4 draws a pool without one.
+SERVED_SEED = 4
+POOL_DONE = "dataset: "  # the line the pool stage ends with (the export), before training
 
 
-def recipe_text(models: Path, run: Path) -> str:
+def recipe_text(models: Path, run: Path, urls: dict[str, str] | None = None, seed: int = 3) -> str:
+    """The recipe; with urls (role -> server root), teacher and base are served, each keeping its local GGUF in
+    `model` for the chat template and tokenizer (as tests/test_served.py does)."""
     seeds = ", ".join(json.dumps(s) for s in SEEDS)
-    return f"""seed = 3
+    return f"""seed = {seed}
 threads = 1
 parallel = 4
-[teacher]
-model = "{models / "teacher.gguf"}"
-n_ctx = 512
-[base]
-model = "{models / "base.gguf"}"
-n_ctx = 512
+{_role(models, "teacher", urls)}
+{_role(models, "base", urls)}
 [seeds]
 prompts = [{seeds}]
 [expand]
@@ -105,6 +119,13 @@ dir = "{run}"
 """
 
 
+def _role(models: Path, role: str, urls: dict[str, str] | None) -> str:
+    table = f'[{role}]\nmodel = "{models / f"{role}.gguf"}"\nn_ctx = 512'
+    if urls is None:
+        return table
+    return table + f'\nbackend = "openai"\nurl = "{urls[role]}"\nserved_model = "{role}"'
+
+
 def make_models(folder: Path) -> None:
     write_tiny_llama(folder / "teacher.gguf", seed=1)
     write_tiny_llama(folder / "base.gguf", seed=2)
@@ -115,6 +136,36 @@ def make_models(folder: Path) -> None:
 
 def command(recipe: Path) -> list[str]:
     return [sys.executable, "-m", "tskd_lite", "run", "--quiet", str(recipe)]
+
+
+class Servers:
+    """llama-cpp-python's server for teacher and base, started as tests/test_served.py starts them, on ports kept
+    across restarts: the resumed run finds them at the urls its recipe and its store name."""
+
+    def __init__(self, models: Path, logs: Path) -> None:
+        self.models, self.logs = models, logs
+        self.ports: dict[str, int] = {}
+        while len(set(self.ports.values())) < len(SERVED_ROLES):  # two free ports, not one port twice
+            self.ports = {role: free_port() for role in SERVED_ROLES}
+        self.urls = {role: f"http://127.0.0.1:{port}" for role, port in self.ports.items()}
+        self.running: dict[str, ServerProcess] = {}
+
+    def start(self) -> None:
+        for role, port in self.ports.items():
+            args = ["--model", str(self.models / f"{role}.gguf"), "--model_alias", role]
+            args += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512"]
+            args += ["--n_threads", "1", "--n_threads_batch", "1", "--verbose", "false"]
+            what = f"llama_cpp.server for {role}"
+            log = self.logs / f"{role}-server.log"
+            self.running[role] = ServerProcess(
+                [sys.executable, "-m", "llama_cpp.server", *args], port, what, timeout=120, log=log
+            )
+
+    def kill(self) -> None:
+        """SIGKILL of each server's process group (ServerProcess.stop), as a crash or an OOM kill ends it."""
+        for server in self.running.values():
+            server.stop()
+        self.running = {}
 
 
 def outcome(run: Path) -> dict:
@@ -177,9 +228,10 @@ def _lines_read(proc: subprocess.Popen) -> tuple[list[tuple[float, str]], thread
     return lines, reader
 
 
-def work_time(recipe: Path) -> float:
-    """Seconds from the start of an uninterrupted run to its last line: the kill moments are drawn over the
-    command's work, not over the interpreter's shutdown after it (where there is nothing left to stop)."""
+def work_time(recipe: Path, last: str = "report: ") -> float:
+    """Seconds from the start of an uninterrupted run to its last line (or to the line starting with `last`): the
+    kill moments are drawn over the command's work, not over the interpreter's shutdown after it (where there is
+    nothing left to stop)."""
     started = time.perf_counter()
     proc = subprocess.Popen(command(recipe), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, reader = _lines_read(proc)
@@ -187,7 +239,7 @@ def work_time(recipe: Path) -> float:
         reader.join()
         raise SystemExit("the uninterrupted run failed:\n" + "\n".join(line for _, line in lines[-20:]))
     reader.join()
-    done_at = next(t for t, line in lines if line.startswith("report: "))
+    done_at = next(t for t, line in lines if line.startswith(last))
     return done_at - started
 
 
@@ -222,47 +274,212 @@ def trial(i: int, recipe: Path, run: Path, wall: float, rng: np.random.Generator
     return row
 
 
+def stop_verdict(returncode: int, output: list[str], urls: list[str]) -> str | None:
+    """None where a run whose servers died stopped as it should: exit status != 0, one "Error:" line that names a
+    server's url and no traceback; else what it did instead."""
+    errors = [line for line in output if line.startswith("Error:")]
+    wrong = []
+    if returncode == 0:
+        wrong.append("exit 0")
+    if any("Traceback" in line for line in output):
+        wrong.append("a traceback")
+    if len(errors) != 1:
+        wrong.append(f"{len(errors)} 'Error:' lines")
+    elif not any(url in errors[0] for url in urls):
+        wrong.append("the error names no server url")
+    return f"exit {returncode}: {', '.join(wrong)}" if wrong else None
+
+
+def served_trial(i: int, recipe: Path, run: Path, wall: float, rng: np.random.Generator, servers: Servers) -> dict:
+    at = float(rng.uniform(0.0, wall))
+    proc = subprocess.Popen(command(recipe), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, reader = _lines_read(proc)
+    time.sleep(at)
+    sent = time.perf_counter()
+    servers.kill()
+    # where the kill landed: the run itself goes on until a request fails (retried for 7.5 s), or, when the pool
+    # needed nothing more from the servers, through training to the evaluation
+    where = phase(run)
+    proc.wait()
+    reader.join()
+    output = [line for _, line in lines]
+    # The kill aims at the pool, the one stage before evaluation that asks the servers: one sent after the pool's
+    # last line was read missed it (the run still stops, in evaluation; checked all the same).
+    pool_done = next((t for t, line in lines if line.startswith(POOL_DONE)), None)
+    row = {"trial": i, "kill_at_s": round(at, 2), "signal": "SIGKILL of both servers", "phase": where}
+    row["finished_before_the_kill"] = pool_done is not None and pool_done < sent
+    row["exit"] = proc.returncode
+    row["stop"] = stop_verdict(proc.returncode, output, list(servers.urls.values()))
+    row["stop_output"] = output[-3:]
+    servers.start()
+    resumed = subprocess.run(command(recipe), capture_output=True, text=True)
+    row["problems"] = []
+    if resumed.returncode != 0:
+        row["problems"].append(f"resume failed: {resumed.stdout[-300:]} {resumed.stderr[-300:]}")
+    return row
+
+
+def _intro(results: dict) -> str:
+    if not results.get("served"):
+        return (
+            f"`{results['command']}`: {len(results['trials'])} trials of `tskd-lite run` (pool, training, evaluation, "
+            f"report) on tiny random models, each killed at a moment drawn uniformly over the uninterrupted run's "
+            f"{results['wall_s']:.1f} s of work (to its last line; the interpreter's shutdown after it ignores "
+            "SIGINT), then run again to the end and compared with the uninterrupted run (store tables, "
+            "integrity_check, dataset bytes, loss curve and adapter within 1e-4, evaluation rows). Wall time "
+            f"{results['total_s'] / 60:.1f} min."
+        )
+    return (
+        f"`{results['command']}`: {len(results['trials'])} trials of `tskd-lite run` (pool, training, evaluation, "
+        "report) on tiny random models with teacher and base served by llama-cpp-python's server (`python -m "
+        "llama_cpp.server`, one per model, each recipe role keeping its local GGUF for the chat template and "
+        f"tokenizer; recipe seed {results['seed']}, not 3: see bench/chaos.py SERVED_SEED). Each trial SIGKILLs both "
+        "servers' process groups at a moment drawn uniformly over the uninterrupted served run's "
+        f"{results['wall_s']:.1f} s of pool stage (to its `dataset:` line; training never asks the servers), "
+        "checks that the run stops on its own (exit status != 0, one `Error:` line naming a server's url, no "
+        "traceback), starts the servers again on the same ports, runs the command again to the end and compares "
+        "with an uninterrupted served run (store tables, integrity_check, dataset bytes, loss curve and adapter "
+        f"within 1e-4, evaluation rows). Wall time {results['total_s'] / 60:.1f} min."
+    )
+
+
+def _tally(results: dict, killed: list[dict]) -> list[str]:
+    rows = results["trials"]
+    ok = sum(not r["problems"] for r in killed)
+    if not results.get("served"):
+        return [
+            f"**{ok} of {len(killed)} killed runs resumed to the uninterrupted result** "
+            f"({sum(r['signal'] == 'SIGINT' for r in killed)} by SIGINT, the rest by SIGKILL; "
+            f"{len(rows) - len(killed)} more trials finished before their kill time: recorded, not counted, "
+            "redrawn)."
+        ]
+    control = results["control_problems"]
+    # The client words its error by whether the server had answered it yet: the kills that met a run mid-pool,
+    # and those that came while it was still starting (its first request refused)
+    mid_run = sum("stopped answering mid-run" in " ".join(r["stop_output"]) for r in killed)
+    return [
+        f"**{ok} of {len(killed)} runs whose servers were killed resumed to the uninterrupted result; "
+        f"{sum(r['stop'] is None for r in killed)} of {len(killed)} stopped with exit status != 0 and one line "
+        f"naming the url** ({len(rows) - len(killed)} more kills came after the pool's last line, missed: recorded, "
+        "not counted, redrawn).",
+        "",
+        f"{mid_run} of the {len(killed)} errors say the server stopped answering mid-run; the other "
+        f"{len(killed) - mid_run} came before the run's first request was answered (the server is not answering).",
+        "",
+        "Control: a second uninterrupted served run, on servers started again, "
+        + (f"differed from the first: {control}." if control else "equal to the first."),
+    ]
+
+
 def markdown(results: dict) -> str:
     rows = results["trials"]
+    served = bool(results.get("served"))
     killed = [r for r in rows if not r["finished_before_the_kill"]]
-    ok = [r for r in killed if not r["problems"]]
     phases = sorted({r["phase"] for r in killed})
-    lines = [
-        "# Kill harness",
-        "",
-        f"`{results['command']}`: {len(rows)} trials of `tskd-lite run` (pool, training, evaluation, report) on tiny "
-        f"random models, each killed at a moment drawn uniformly over the uninterrupted run's {results['wall_s']:.1f} "
-        "s of work (to its last line; the interpreter's shutdown after it ignores SIGINT), then run again to the "
-        "end and compared with the uninterrupted run (store tables, integrity_check, "
-        "dataset bytes, loss curve and adapter within 1e-4, evaluation rows). Wall time "
-        f"{results['total_s'] / 60:.1f} min.",
-        "",
-        f"**{len(ok)} of {len(killed)} killed runs resumed to the uninterrupted result** "
-        f"({sum(r['signal'] == 'SIGINT' for r in killed)} by SIGINT, the rest by SIGKILL; "
-        f"{len(rows) - len(killed)} more trials finished before their kill time: recorded, not counted, redrawn).",
-        "",
-        "| phase the kill landed in | killed | resumed equal |",
-        "|---|---|---|",
-    ]
+    lines = ["# Kill harness" + (" (served)" if served else ""), "", _intro(results), "", *_tally(results, killed)]
+    lines += ["", "| phase the kill landed in | killed |" + (" stopped in one line naming the url |" if served else "")]
+    lines[-1] += " resumed equal |"
+    lines.append("|---|---|---|" + ("---|" if served else ""))
     for p in phases:
         here = [r for r in killed if r["phase"] == p]
-        lines.append(f"| {p} | {len(here)} | {sum(not r['problems'] for r in here)} |")
-    bad = [r for r in killed if r["problems"]]
+        stopped = f" {sum(r['stop'] is None for r in here)} |" if served else ""
+        lines.append(f"| {p} | {len(here)} |{stopped} {sum(not r['problems'] for r in here)} |")
+    bad = [r for r in rows if r["problems"] or r.get("stop")]
     if bad:
         lines += ["", "Failures:", ""]
         lines += [
-            f"- trial {r['trial']} ({r['signal']} at {r['kill_at_s']} s, {r['phase']}): {r['problems']}" for r in bad
+            f"- trial {r['trial']} ({r['signal']} at {r['kill_at_s']} s, {r['phase']}): {_verdict(r)}" for r in bad
         ]
     return "\n".join(lines) + "\n"
+
+
+def _verdict(row: dict) -> str:
+    wrong = [*row["problems"], *([f"stop: {row['stop']} {row['stop_output']}"] if row.get("stop") else [])]
+    return "ok" if not wrong else str(wrong)
+
+
+def _run_trials(n: int, one: Callable[[int], dict]) -> list[dict]:
+    trials: list[dict] = []
+    i = 0
+    # --trials counts the runs a kill reached: one that finished first is recorded, not counted, and redrawn
+    while sum(not t["finished_before_the_kill"] for t in trials) < n and i < 3 * n:
+        row = one(i)
+        trials.append(row)
+        missed = " (missed)" if row["finished_before_the_kill"] else ""
+        print(
+            f"trial {i}: {row['signal']} at {row['kill_at_s']} s ({row['phase']}){missed}: {_verdict(row)}", flush=True
+        )
+        i += 1
+    return trials
+
+
+def local_trials(work: Path, models: Path, args: argparse.Namespace, rng: np.random.Generator) -> dict:
+    reference = work / "reference"
+    ref_recipe = work / "reference.toml"
+    ref_recipe.write_text(recipe_text(models, reference))
+    subprocess.run(command(ref_recipe), check=True, capture_output=True)  # converts the target once
+    shutil.rmtree(reference)
+    wall = work_time(ref_recipe)
+    ref = outcome(reference)
+
+    def one(i: int) -> dict:
+        run, recipe = work / f"trial{i}", work / f"trial{i}.toml"
+        recipe.write_text(recipe_text(models, run))
+        row = trial(i, recipe, run, wall, rng, sigint=bool(rng.random() < args.sigint_share))
+        if not any(p.startswith("resume failed") for p in row["problems"]):
+            row["problems"] += compare(ref, outcome(run))
+        shutil.rmtree(run)
+        return row
+
+    return {"wall_s": wall, "trials": _run_trials(args.trials, one)}
+
+
+def served_trials(work: Path, models: Path, args: argparse.Namespace, rng: np.random.Generator) -> dict:
+    servers = Servers(models, work)
+    urls = servers.urls
+
+    def uninterrupted(name: str) -> Path:
+        (work / f"{name}.toml").write_text(recipe_text(models, work / name, urls, SERVED_SEED))
+        return work / f"{name}.toml"
+
+    def one(i: int) -> dict:
+        run, recipe = work / f"trial{i}", work / f"trial{i}.toml"
+        recipe.write_text(recipe_text(models, run, urls, SERVED_SEED))
+        row = served_trial(i, recipe, run, wall, rng, servers)
+        if not row["problems"]:
+            row["problems"] += compare(ref, outcome(run))
+        shutil.rmtree(run)
+        return row
+
+    try:
+        servers.start()
+        # The first uninterrupted run converts the target; kept as a control: the same run on servers started
+        # again must equal the reference, or a difference after a kill could be the restart's and not the kill's
+        subprocess.run(command(uninterrupted("control")), check=True, capture_output=True)
+        servers.kill()
+        servers.start()
+        wall = work_time(uninterrupted("reference"), last=POOL_DONE)
+        ref = outcome(work / "reference")
+        control = compare(ref, outcome(work / "control"))
+        return {
+            "wall_s": wall,
+            "seed": SERVED_SEED,
+            "control_problems": control,
+            "trials": _run_trials(args.trials, one),
+        }
+    finally:
+        servers.kill()
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--sigint-share", type=float, default=0.2, help="share of trials stopped by SIGINT")
+    parser.add_argument("--served", action="store_true", help="serve teacher and base, kill the servers")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "chaos")
+    parser.add_argument("--out", type=Path, help="default bench/chaos, bench/chaos-served with --served")
     args = parser.parse_args(argv)
+    out = args.out or ROOT / "bench" / ("chaos-served" if args.served else "chaos")
     # Started in the background from a script, this process and so every run it starts would ignore SIGINT (a
     # shell without job control makes background commands ignore it): take the default back, so the SIGINT
     # trials reach the runs the way a Ctrl-C does.
@@ -274,36 +491,14 @@ def main(argv: list[str] | None = None) -> dict:
         models = work / "models"
         models.mkdir()
         make_models(models)
-        reference = work / "reference"
-        ref_recipe = work / "reference.toml"
-        ref_recipe.write_text(recipe_text(models, reference))
-        subprocess.run(command(ref_recipe), check=True, capture_output=True)  # converts the target once
-        shutil.rmtree(reference)
-        wall = work_time(ref_recipe)
-        ref = outcome(reference)
-        trials: list[dict] = []
-        i = 0
-        # --trials counts the runs a kill reached: one that finished first is recorded, not counted, and redrawn
-        while sum(not t["finished_before_the_kill"] for t in trials) < args.trials and i < 3 * args.trials:
-            run = work / f"trial{i}"
-            recipe = work / f"trial{i}.toml"
-            recipe.write_text(recipe_text(models, run))
-            row = trial(i, recipe, run, wall, rng, sigint=bool(rng.random() < args.sigint_share))
-            if not any(p.startswith("resume failed") for p in row["problems"]):
-                row["problems"] += compare(ref, outcome(run))
-            trials.append(row)
-            print(
-                f"trial {i}: {row['signal']} at {row['kill_at_s']} s ({row['phase']}): "
-                f"{'ok' if not row['problems'] else row['problems']}",
-                flush=True,
-            )
-            shutil.rmtree(run)
-            i += 1
+        results = (served_trials if args.served else local_trials)(work, models, args, rng)
     command_line = "python bench/chaos.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    results = {"command": command_line, "wall_s": wall, "trials": trials, "total_s": time.perf_counter() - started}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(results))
+    results = {"command": command_line, **results, "total_s": time.perf_counter() - started}
+    if args.served:
+        results["served"] = True
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    out.with_suffix(".md").write_text(markdown(results))
     print(markdown(results))
     return results
 
