@@ -173,14 +173,16 @@ def _number(value: Any) -> bool:
 def _sent_entries(tokens: list, n_generated: int, generated: str, n_prompt: int) -> int:
     """How many echoed entries belong to the text sent: all but the generated tokens', which come last (more than
     max_tokens of them where llama-cpp-python finishes a character first). Where every token has its entry, the
-    usage says so. Otherwise a single generated token that prints as nothing while the last entry prints as
-    something has no entry (llama-cpp-python leaves out every token whose id is the BOS id, and some models
-    generate it); the usage cannot tell that apart from a generated part of a character, which vLLM's entry shows
-    as U+FFFD while its text is empty."""
+    usage says so. Otherwise some generated tokens may have no entry (llama-cpp-python leaves out every token whose
+    id is the BOS id, and some models generate it, alone or among others): the fewest left out whose remaining
+    entries spell the generated text. The usage alone cannot tell a left-out token from a generated part of a
+    character, which vLLM's entry shows as U+FFFD while its text is empty."""
     if len(tokens) == n_prompt + n_generated:
         return n_prompt
-    if n_generated == 1 and generated == "" and tokens[-1] != "":
-        return len(tokens)
+    for left_out in range(n_generated + 1):
+        n = len(tokens) - n_generated + left_out
+        if 0 <= n <= len(tokens) and "".join(tokens[n:]) == generated:
+            return n
     return len(tokens) - n_generated
 
 
