@@ -67,19 +67,15 @@ TABLES = {
     "rounds": "select round, n_kept from rounds order by round",
 }
 SERVED_ROLES = ("teacher", "base")
-# Seed 3 (the in-process harness's) draws a pool that the served backend refuses even with no kill: a scoring request
-# (max_tokens 1) on which llama-cpp-python's server runs on for 6 tokens, one of them with no echoed entry (a BOS-id
-# token), so the answer's entries are placed one token early ("a scoring response does not match the text sent
-# (its last tokens '^kQt' are not the generated 'kQt')"). Seed 4 draws a pool without one.
-SERVED_SEED = 4
+SEED = 3  # the recipe seed of both harnesses (served and in-process)
 POOL_DONE = "dataset: "  # the line the pool stage ends with (the export), before training
 
 
-def recipe_text(models: Path, run: Path, urls: dict[str, str] | None = None, seed: int = 3) -> str:
+def recipe_text(models: Path, run: Path, urls: dict[str, str] | None = None) -> str:
     """The recipe; with urls (role -> server root), teacher and base are served, each keeping its local GGUF in
     `model` for the chat template and tokenizer (as tests/test_served.py does)."""
     seeds = ", ".join(json.dumps(s) for s in SEEDS)
-    return f"""seed = {seed}
+    return f"""seed = {SEED}
 threads = 1
 parallel = 4
 {_role(models, "teacher", urls)}
@@ -333,7 +329,7 @@ def _intro(results: dict) -> str:
         f"`{results['command']}`: {len(results['trials'])} trials of `tskd-lite run` (pool, training, evaluation, "
         "report) on tiny random models with teacher and base served by llama-cpp-python's server (`python -m "
         "llama_cpp.server`, one per model, each recipe role keeping its local GGUF for the chat template and "
-        f"tokenizer; recipe seed {results['seed']}, not 3: see bench/chaos.py SERVED_SEED). Each trial SIGKILLs both "
+        f"tokenizer; recipe seed {results['seed']}, as in-process). Each trial SIGKILLs both "
         "servers' process groups at a moment drawn uniformly over the uninterrupted served run's "
         f"{results['wall_s']:.1f} s of pool stage (to its `dataset:` line; training never asks the servers), "
         "checks that the run stops on its own (exit status != 0, one `Error:` line naming a server's url, no "
@@ -439,12 +435,12 @@ def served_trials(work: Path, models: Path, args: argparse.Namespace, rng: np.ra
     urls = servers.urls
 
     def uninterrupted(name: str) -> Path:
-        (work / f"{name}.toml").write_text(recipe_text(models, work / name, urls, SERVED_SEED))
+        (work / f"{name}.toml").write_text(recipe_text(models, work / name, urls))
         return work / f"{name}.toml"
 
     def one(i: int) -> dict:
         run, recipe = work / f"trial{i}", work / f"trial{i}.toml"
-        recipe.write_text(recipe_text(models, run, urls, SERVED_SEED))
+        recipe.write_text(recipe_text(models, run, urls))
         row = served_trial(i, recipe, run, wall, rng, servers)
         if not row["problems"]:
             row["problems"] += compare(ref, outcome(run))
@@ -463,7 +459,7 @@ def served_trials(work: Path, models: Path, args: argparse.Namespace, rng: np.ra
         control = compare(ref, outcome(work / "control"))
         return {
             "wall_s": wall,
-            "seed": SERVED_SEED,
+            "seed": SEED,
             "control_problems": control,
             "trials": _run_trials(args.trials, one),
         }
