@@ -239,11 +239,18 @@ def work_time(recipe: Path, last: str = "report: ") -> float:
     return done_at - started
 
 
-def trial(i: int, recipe: Path, run: Path, wall: float, rng: np.random.Generator, sigint: bool) -> dict:
+def _started(recipe: Path, wall: float, rng: np.random.Generator):
+    """The run started, and left to go on for a moment drawn over `wall` seconds: (process, its lines, their
+    reader, that moment)."""
     at = float(rng.uniform(0.0, wall))
     proc = subprocess.Popen(command(recipe), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, reader = _lines_read(proc)
     time.sleep(at)
+    return proc, lines, reader, at
+
+
+def trial(i: int, recipe: Path, run: Path, wall: float, rng: np.random.Generator, sigint: bool) -> dict:
+    proc, lines, reader, at = _started(recipe, wall, rng)
     sent = time.perf_counter()
     finished_first = proc.poll() is not None
     if not finished_first:
@@ -287,10 +294,7 @@ def stop_verdict(returncode: int, output: list[str], urls: list[str]) -> str | N
 
 
 def served_trial(i: int, recipe: Path, run: Path, wall: float, rng: np.random.Generator, servers: Servers) -> dict:
-    at = float(rng.uniform(0.0, wall))
-    proc = subprocess.Popen(command(recipe), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines, reader = _lines_read(proc)
-    time.sleep(at)
+    proc, lines, reader, at = _started(recipe, wall, rng)
     sent = time.perf_counter()
     servers.kill()
     # where the kill landed: the run itself goes on until a request fails (retried for 7.5 s), or, when the pool

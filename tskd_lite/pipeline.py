@@ -655,7 +655,7 @@ def _contrast(c: _Run, round_: int) -> None:
     (tskd_lite/contrast.py); one contrast per pair, committed a group at a time."""
     store, run_id, recipe, models = c.store, c.run_id, c.recipe, c.models
     progress = c.progress
-    todo = store.uncontrasted(run_id, round_)
+    todo = store.unmeasured(run_id, round_, "contrasts", teacher_scores=True)
     if not todo:
         return
     teacher, k = models.teacher, recipe.select.contrast_swaps
@@ -692,7 +692,7 @@ def _agreement(c: _Run, round_: int) -> None:
     own seed), and the pair's agreement is how far the samples repeat its answer's claims (tskd_lite/agreement.py);
     committed a group at a time."""
     store, run_id, recipe, teacher = c.store, c.run_id, c.recipe, c.models.teacher
-    todo = store.unagreed(run_id, round_)
+    todo = store.unmeasured(run_id, round_, "agreements")
     if not todo:
         return
     cfg, k = recipe.select, recipe.select.agreement_samples

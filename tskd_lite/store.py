@@ -284,14 +284,16 @@ class Store:
             )
         )
 
-    def uncontrasted(self, run_id: int, round_: int) -> list[dict]:
-        """The round's scored pairs that have no contrast yet, with the teacher's per-token scores."""
+    def unmeasured(self, run_id: int, round_: int, table: str, teacher_scores: bool = False) -> list[dict]:
+        """The round's scored pairs that `table` (contrasts, agreements) has no row for yet; with teacher_scores,
+        with the teacher's per-token scores."""
+        extra = ", s.teacher_logprobs, s.teacher_byte_ends" if teacher_scores else ""
         return list(
             self.db.query(
-                """select p.id, p.idx, p.text as prompt, a.text as answer, s.teacher_logprobs, s.teacher_byte_ends
+                f"""select p.id, p.idx, p.text as prompt, a.text as answer{extra}
                from prompts p join answers a on a.prompt_id = p.id join scores s on s.prompt_id = p.id
-               left join contrasts c on c.prompt_id = p.id
-               where p.run_id = ? and p.round = ? and c.prompt_id is null order by p.idx""",
+               left join [{table}] m on m.prompt_id = p.id
+               where p.run_id = ? and p.round = ? and m.prompt_id is null order by p.idx""",
                 [run_id, round_],
             )
         )
@@ -299,18 +301,6 @@ class Store:
     def add_contrasts(self, rows: list[dict]) -> None:
         with self.transaction():
             self.db["contrasts"].insert_all(rows)
-
-    def unagreed(self, run_id: int, round_: int) -> list[dict]:
-        """The round's scored pairs that have no agreement yet."""
-        return list(
-            self.db.query(
-                """select p.id, p.idx, p.text as prompt, a.text as answer
-               from prompts p join answers a on a.prompt_id = p.id join scores s on s.prompt_id = p.id
-               left join agreements g on g.prompt_id = p.id
-               where p.run_id = ? and p.round = ? and g.prompt_id is null order by p.idx""",
-                [run_id, round_],
-            )
-        )
 
     def add_agreements(self, rows: list[dict]) -> None:
         with self.transaction():
