@@ -683,7 +683,7 @@ def _contrast(c: _Run, round_: int) -> None:
                         "seconds": (time.perf_counter() - t0) / len(group),
                     }
                 )
-            store.add_contrasts(rows)
+            store.add_measured("contrasts", rows)
             bar.update(len(group))
 
 
@@ -720,7 +720,7 @@ def _agreement(c: _Run, round_: int) -> None:
                         "seconds": seconds,
                     }
                 )
-            store.add_agreements(rows)
+            store.add_measured("agreements", rows)
             bar.update(len(group))
 
 

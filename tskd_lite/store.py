@@ -298,13 +298,10 @@ class Store:
             )
         )
 
-    def add_contrasts(self, rows: list[dict]) -> None:
+    def add_measured(self, table: str, rows: list[dict]) -> None:
+        """Rows of `table` (contrasts, agreements) for pairs `unmeasured` gave."""
         with self.transaction():
-            self.db["contrasts"].insert_all(rows)
-
-    def add_agreements(self, rows: list[dict]) -> None:
-        with self.transaction():
-            self.db["agreements"].insert_all(rows)
+            self.db[table].insert_all(rows)
 
     # selection ------------------------------------------------------------------------------------------
 

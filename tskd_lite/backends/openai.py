@@ -181,7 +181,7 @@ def _sent_entries(tokens: list, n_generated: int, generated: str, n_prompt: int)
         return n_prompt
     for left_out in range(n_generated + 1):
         n = len(tokens) - n_generated + left_out
-        if 0 <= n <= len(tokens) and "".join(tokens[n:]) == generated:
+        if n >= 0 and "".join(tokens[n:]) == generated:
             return n
     return len(tokens) - n_generated
 
